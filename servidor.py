@@ -351,7 +351,8 @@ class Outbox:
                 self._on_broken(reason)
                 return
             with self._cond:
-                self._pending -= len(wire)
+                # max(): close(flush=False) may have zeroed the count meanwhile.
+                self._pending = max(0, self._pending - len(wire))
 
 
 # --------------------------------------------------------------------------
@@ -583,6 +584,8 @@ class ClientConnection:
 
     def _answer(self, raw: bytes | protocolo.LineTooLong) -> bytes | None:
         """The reply to one line (None for a blank line)."""
+        if raw is not protocolo.LINE_TOO_LONG and not raw.strip(b" "):
+            return None  # blank lines get no reply, so they cannot be rate-limited either
         if self.bucket is not None and not self.bucket.take():
             return protocolo.format_error(
                 ErrorCode.LIMITE, "muitos comandos por segundo; comando ignorado")
@@ -842,11 +845,17 @@ class Servidor:
                 log.warning("conexão de %s:%d recusada: %s", ip, port, refusal)
                 self._refuse(sock, refusal)
                 continue
-            sock.setblocking(True)
-            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-            _enable_keepalive(sock)
-            _set_kernel_timeout(sock, socket.SO_SNDTIMEO, self.config.send_timeout)
-            connection = ClientConnection(self, sock, ip, port)
+            try:
+                sock.setblocking(True)
+                sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+                _enable_keepalive(sock)
+                _set_kernel_timeout(sock, socket.SO_SNDTIMEO, self.config.send_timeout)
+                connection = ClientConnection(self, sock, ip, port)
+            except OSError as exc:  # the peer reset before we got to it
+                log.warning("conexão de %s:%d perdida ao configurar: %s", ip, port, exc)
+                sock.close()
+                self._release_ip(ip)
+                continue
             with self._lock:
                 self._connections.add(connection)
             log.info("conexão de %s", connection.name)
@@ -877,11 +886,16 @@ class Servidor:
         """Called once by each connection as its thread ends."""
         with self._lock:
             self._connections.discard(connection)
-            count = self._per_ip.get(connection.ip, 1) - 1
+        self._release_ip(connection.ip)
+
+    def _release_ip(self, ip: str) -> None:
+        """Undo ``_admit``'s count for one connection from ``ip``."""
+        with self._lock:
+            count = self._per_ip.get(ip, 1) - 1
             if count > 0:
-                self._per_ip[connection.ip] = count
+                self._per_ip[ip] = count
             else:
-                self._per_ip.pop(connection.ip, None)
+                self._per_ip.pop(ip, None)
 
 
 # --------------------------------------------------------------------------
