@@ -38,9 +38,10 @@ MAX_NICK_CHARS = 32
 ENCODING = "utf-8"
 
 _NICK_RE = re.compile(rf"[\w.-]{{1,{MAX_NICK_CHARS}}}")
-# C0 control characters except TAB, and DEL. They are refused in message
+# C0 control characters except TAB, DEL, and the C1 controls (U+0080-U+009F,
+# e.g. U+009B, a one-character terminal escape). They are refused in message
 # texts so nobody can inject terminal escape sequences into a peer's screen.
-_CONTROL_RE = re.compile(r"[\x00-\x08\x0a-\x1f\x7f]")
+_CONTROL_RE = re.compile(r"[\x00-\x08\x0a-\x1f\x7f-\x9f]")
 
 
 class ErrorCode(enum.Enum):
@@ -95,7 +96,13 @@ def nick_key(nick: str) -> str:
 
 
 def valid_ip(text: str) -> bool:
-    """True for a textual IPv4 or IPv6 address (the legacy REGISTRAR form)."""
+    """True for a textual IPv4 or IPv6 address (the legacy REGISTRAR form).
+
+    An IPv6 scope id (``fe80::1%eth0``) is refused: it means nothing to other
+    hosts, and its free-form text would reach everybody's LISTAR.
+    """
+    if "%" in text:
+        return False
     try:
         ipaddress.ip_address(text)
     except ValueError:
@@ -284,7 +291,9 @@ def _parse_register(rest: str) -> Register:
         return Register(args[0])
     if len(args) == 3:
         nick, ip, port_text = args
-        if valid_ip(ip) and port_text.isdecimal() and port_text.isascii():
+        # At most 5 digits: int() of thousands of digits is slow, or raises.
+        if valid_ip(ip) and port_text.isdecimal() and port_text.isascii() \
+                and len(port_text) <= 5:
             port = int(port_text)
             if 1 <= port <= 65535:
                 return Register(nick, ip, port)
@@ -297,7 +306,10 @@ def _parse_send(rest: str) -> Send:
     nick, space, text = rest.partition(" ")
     if not nick or not space or not text:
         raise _arguments_error("ENVIAR <apelido> <texto>")
-    if _CONTROL_RE.search(text):
+    # isprintable() is False for every control character, so ordinary text
+    # skips the regular expression; the rest (TAB, which is allowed, or some
+    # Unicode spaces) is left to the expression to decide.
+    if not text.isprintable() and _CONTROL_RE.search(text):
         raise ProtocolError(ErrorCode.ARGUMENTOS,
                             "o texto não pode ter caracteres de controle")
     return Send(nick, text)
@@ -508,7 +520,7 @@ class BadServerLine(ValueError):
 
 
 def _parse_port(text: str) -> int:
-    if not (text.isascii() and text.isdecimal()):
+    if not (text.isascii() and text.isdecimal() and len(text) <= 5):
         raise BadServerLine(f"porta inválida: {text!r}")
     return int(text)
 
@@ -530,7 +542,7 @@ def parse_server_line(line: str) -> ServerLine:
         except ValueError:
             code = None
         return Error(code, text, code_word)
-    elif word == "USUARIOS" and rest.isascii() and rest.isdecimal():
+    elif word == "USUARIOS" and rest.isascii() and rest.isdecimal() and len(rest) <= 9:
         return UsersHeader(int(rest))
     elif word == "USUARIO":
         parts = rest.split(" ")
