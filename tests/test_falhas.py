@@ -9,7 +9,10 @@ import signal
 import socket
 import time
 
+from cliente_apoio import connect, wait_event
 from rede import LineClient, ServerProcess, running_server, wait_until
+
+import cliente
 
 PROMPT = 1.0
 """What "promptly" means here, in seconds: far above a loopback round trip."""
@@ -180,3 +183,34 @@ def test_server_killed_with_sigkill_then_restarted_on_the_same_port():
             assert u0.read_line() == "END"
         again.proc.send_signal(signal.SIGTERM)
         assert again.proc.wait(3.0) == 0
+
+
+def test_client_sessions_report_a_killed_server_and_reconnect_once_it_is_back():
+    """What a user of ``cliente.py`` sees: the loss, then one click to come back."""
+
+    with ServerProcess() as server:
+        port = server.port
+        ana = connect(server.address, "ana")
+        bruno = connect(server.address, "bruno")
+        server.proc.send_signal(signal.SIGKILL)
+        assert server.proc.wait(5.0) == -signal.SIGKILL
+        for session in (ana, bruno):
+            lost = wait_event(session, cliente.Disconnected, timeout=PROMPT * 3)
+            assert not lost.by_user
+            assert lost.message  # a sentence for the status bar, not a traceback
+            assert not session.connected
+            session.close()
+
+    with ServerProcess(port=port) as again:
+        ana = connect(again.address, "ana")
+        bruno = connect(again.address, "bruno")
+        try:
+            ana.send_message("bruno", "voltei")
+            reply = wait_event(ana, lambda e: isinstance(e, cliente.Reply)
+                               and isinstance(e.request, cliente.protocolo.Send))
+            assert isinstance(reply.result, cliente.protocolo.Ok)
+            message = wait_event(bruno, cliente.protocolo.Message)
+            assert (message.sender, message.text) == ("ana", "voltei")
+        finally:
+            ana.close()
+            bruno.close()
