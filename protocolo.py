@@ -148,37 +148,43 @@ class LineSplitter:
         return len(self._partial)
 
     def feed(self, data: bytes) -> list[bytes | LineTooLong]:
-        """Add ``data`` and return the lines it completed, in order."""
-        lines: list[bytes | LineTooLong] = []
-        start = 0
+        """Add ``data`` and return the lines it completed, in order.
+
+        ``bytes.split`` cuts the whole chunk in one call; the lines only get
+        a second look in Python when one of them needs it (a CR to drop, or
+        more bytes than the limit), which ordinary traffic never does.
+        """
         limit = self.max_bytes - 1  # longest content, LF excluded
-        while True:
-            end = data.find(b"\n", start)
-            if end < 0:
-                break
-            if self._discarding:
-                self._discarding = False
-                lines.append(LINE_TOO_LONG)
-            elif len(self._partial) + (end - start) > limit:
-                self._partial = b""
-                lines.append(LINE_TOO_LONG)
-            else:
-                line = self._partial + data[start:end] if self._partial else data[start:end]
-                self._partial = b""
-                if line.endswith(b"\r"):
-                    line = line[:-1]
-                lines.append(line)
-            start = end + 1
-        rest = len(data) - start
+        lines: list[bytes | LineTooLong] = data.split(b"\n")
+        rest = lines.pop()  # after the last LF: the start of an unfinished line
+        if lines:
+            # The first line began in an earlier feed (or is being discarded).
+            first = lines[0]
+            first_too_long = self._discarding or len(self._partial) + len(first) > limit
+            if self._partial and not first_too_long:
+                first = lines[0] = self._partial + first
+            self._partial = b""
+            self._discarding = False
+            if b"\r" in data or first.endswith(b"\r") or max(map(len, lines)) > limit:
+                lines = [_finish_line(line, limit) for line in lines]
+            if first_too_long:
+                lines[0] = LINE_TOO_LONG
         if rest:
-            if self._discarding or len(self._partial) + rest > limit:
+            if self._discarding or len(self._partial) + len(rest) > limit:
                 # Over the limit with no LF yet: drop what we have and
                 # everything up to the next LF.
                 self._partial = b""
                 self._discarding = True
             else:
-                self._partial += data[start:]
+                self._partial += rest
         return lines
+
+
+def _finish_line(line: bytes, limit: int) -> bytes | LineTooLong:
+    """A line cut at its LF, as ``LineSplitter`` yields it: CR dropped, length checked."""
+    if len(line) > limit:
+        return LINE_TOO_LONG
+    return line[:-1] if line.endswith(b"\r") else line
 
 
 def read_lines(recv, max_bytes: int = MAX_REQUEST_BYTES,

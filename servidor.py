@@ -5,7 +5,9 @@ How a line travels, so a reader can follow it:
 1. ``Servidor`` accepts a socket and starts a ``ClientConnection`` thread.
 2. The connection thread reads big chunks, cuts them into lines with
    ``protocolo.LineSplitter``, parses each with ``protocolo.parse_request``
-   and answers it (``_handle_*`` methods).
+   and answers it (``_handle_*`` methods). Busy connections take turns at
+   this, first come first served (``FairTurn``), because CPython's own
+   hand-over of the GIL would let a few of them starve the rest.
 3. Nothing is written straight to a socket by request handlers: replies and
    pushes are appended to the target connection's ``Outbox``. After a whole
    chunk of lines is handled, every outbox touched is flushed once, with a
@@ -23,8 +25,11 @@ Run ``python3 servidor.py --help`` for the options.
 from __future__ import annotations
 
 import argparse
+import collections
 import contextlib
+import errno
 import logging
+import math
 import selectors
 import signal
 import socket
@@ -42,10 +47,22 @@ from protocolo import ErrorCode, ProtocolError
 
 log = logging.getLogger("servidor")
 
+EARLY_FLUSH_BYTES = 64 * 1024
+"""Replies queued past this within one batch are flushed before the batch ends."""
 RECV_CHUNK = 256 * 1024
-"""Bytes asked of each ``recv``: large, so one call brings many lines."""
+"""Bytes asked of a ``recv`` on a busy connection: large, so one call brings many lines."""
+IDLE_RECV_CHUNK = 4096
+"""Bytes asked of a ``recv`` on a quiet connection.
+
+A thread blocked in ``recv`` holds a buffer of the size asked for, and with
+thousands of idle clients those buffers are most of the server's memory. So a
+connection reads small until a read comes back full, then large while that
+lasts.
+"""
 CONNECTION_STACK_SIZE = 256 * 1024
 """Thread stack for connection threads (set by ``main``); the code is shallow."""
+TURN_PATIENCE = 1.0
+"""Seconds a connection thread waits for its turn (``FairTurn``) before going ahead anyway."""
 
 
 @dataclass
@@ -67,7 +84,7 @@ class ServerConfig:
     """Seconds an unregistered connection may go without a complete line."""
     send_timeout: float = 30.0
     """Seconds a blocked ``send`` may make no progress before the peer is dropped."""
-    shutdown_flush: float = 2.0
+    shutdown_flush: float = 1.5
     """Seconds ``stop`` waits for queued output to reach the clients."""
     tls_context: ssl.SSLContext | None = None
 
@@ -132,13 +149,16 @@ class PlainTransport:
 
     def __init__(self, sock: socket.socket) -> None:
         self.sock = sock
+        self._chunk = IDLE_RECV_CHUNK
 
-    def handshake(self) -> None:
+    def handshake(self, deadline: float = 0.0) -> None:
         """Nothing to negotiate."""
 
     def recv(self) -> bytes:
         """Application bytes from the peer; ``b""`` at EOF."""
-        return self.sock.recv(RECV_CHUNK)
+        data = self.sock.recv(self._chunk)
+        self._chunk = RECV_CHUNK if len(data) == self._chunk else IDLE_RECV_CHUNK
+        return data
 
     def encode(self, data: bytes) -> bytes:
         """Wire bytes for ``data``; called in send order."""
@@ -161,9 +181,15 @@ class TlsTransport:
         self._outgoing = ssl.MemoryBIO()
         self._tls = context.wrap_bio(self._incoming, self._outgoing, server_side=True)
         self._lock = threading.Lock()
+        self._records_waiting = False
 
-    def handshake(self) -> None:
-        """Complete the TLS handshake; raises ``ssl.SSLError`` or ``OSError``."""
+    def handshake(self, deadline: float = 0.0) -> None:
+        """Complete the TLS handshake; raises ``ssl.SSLError`` or ``OSError``.
+
+        ``deadline`` (a ``time.monotonic()`` value; 0 for none) bounds the
+        whole handshake, not each read, so a peer that dribbles its hello a
+        byte at a time is cut off all the same.
+        """
         while True:
             with self._lock:
                 try:
@@ -175,35 +201,54 @@ class TlsTransport:
             if out:
                 self.sock.sendall(out)
             if done:
+                # The client's first records may have come in the same read
+                # as its Finished; the next ``recv`` must look at them first.
+                self._records_waiting = True
                 return
+            if deadline:
+                remaining = deadline - time.monotonic()
+                if remaining <= 0:
+                    raise TimeoutError("handshake TLS não terminou a tempo")
+                _set_kernel_timeout(self.sock, socket.SO_RCVTIMEO, remaining)
             data = self.sock.recv(RECV_CHUNK)
             if not data:
                 raise ConnectionError("EOF durante o handshake TLS")
             self._incoming.write(data)
 
     def recv(self) -> bytes:
-        while True:
+        """Application bytes from the peer; ``b""`` at EOF.
+
+        Reads the socket at most once. If what came holds no whole record
+        yet, raises ``BlockingIOError`` -- as a receive timeout does -- so
+        the caller checks its clocks before reading again: a peer dribbling
+        one record byte by byte cannot dodge the TEMPO bound.
+        """
+        data = b""
+        if self._records_waiting:
+            self._records_waiting = False
+        else:
             data = self.sock.recv(RECV_CHUNK)
             if not data:
                 return b""
-            with self._lock:
-                self._incoming.write(data)
-                plain = []
-                try:
-                    while True:
-                        chunk = self._tls.read(RECV_CHUNK)
-                        if not chunk:
-                            break
-                        plain.append(chunk)
-                except ssl.SSLWantReadError:
-                    pass
-                except ssl.SSLZeroReturnError:
-                    pass
-                reply = self._outgoing.read()  # e.g. TLS 1.3 key updates
-            if reply:
-                self.sock.sendall(reply)
-            if plain:
-                return b"".join(plain)
+        with self._lock:
+            self._incoming.write(data)
+            plain = []
+            try:
+                while True:
+                    chunk = self._tls.read(RECV_CHUNK)
+                    if not chunk:
+                        break
+                    plain.append(chunk)
+            except ssl.SSLWantReadError:
+                pass
+            except ssl.SSLZeroReturnError:
+                pass
+            reply = self._outgoing.read()  # e.g. TLS 1.3 key updates
+        if reply:
+            self.sock.sendall(reply)
+        if not plain:
+            raise BlockingIOError(errno.EAGAIN, "registro TLS incompleto")
+        return b"".join(plain)
 
     def encode(self, data: bytes) -> bytes:
         with self._lock:
@@ -232,7 +277,11 @@ class Outbox:
         self._max_pending = max_pending
         self._name = name
         self._on_broken = on_broken
-        self._cond = threading.Condition(threading.Lock())
+        # A plain lock for ``put`` and ``flush``: ``with`` on it costs no
+        # Python-level call, and most connections never need the condition
+        # (about 1 KiB each), which is made with the writer thread.
+        self._lock = threading.Lock()
+        self._cond: threading.Condition | None = None
         self._queued: list[bytes] = []
         self._unsent = b""  # wire bytes the kernel refused, for the writer
         self._pending = 0  # bytes queued, unsent, or being sent by the writer
@@ -250,7 +299,7 @@ class Outbox:
 
         Data for a closed outbox is silently dropped: its peer is gone.
         """
-        with self._cond:
+        with self._lock:
             if self._closed:
                 return True
             self._queued.append(data)
@@ -259,7 +308,7 @@ class Outbox:
 
     def flush(self) -> None:
         """Send what is queued without blocking; leave the rest to the writer."""
-        with self._cond:
+        with self._lock:
             if self._writer_busy or not self._queued or (self._closed and not self._flush_on_close):
                 return
             wire = self._take_wire()
@@ -283,14 +332,15 @@ class Outbox:
 
     def close(self, flush: bool) -> None:
         """Stop taking data; with ``flush``, let what is queued still go out."""
-        with self._cond:
+        with self._lock:
             self._closed = True
             self._flush_on_close = flush
             if not flush:
                 self._queued.clear()
                 self._unsent = b""
                 self._pending = 0
-            self._cond.notify()
+            if self._cond is not None:
+                self._cond.notify()
         if flush:
             self.flush()
 
@@ -303,10 +353,15 @@ class Outbox:
         return not writer.is_alive()
 
     @property
+    def closed(self) -> bool:
+        """True once the connection is going away: new data would be dropped."""
+        return self._closed
+
+    @property
     def drained(self) -> bool:
         return self._pending == 0
 
-    # -- internals (called with self._cond held) --
+    # -- internals (called with self._lock held) --
 
     def _take_wire(self) -> bytes:
         data = self._queued[0] if len(self._queued) == 1 else b"".join(self._queued)
@@ -317,6 +372,7 @@ class Outbox:
 
     def _wake_writer(self) -> None:
         if self._writer is None:
+            self._cond = threading.Condition(self._lock)
             self._writer = threading.Thread(target=self._run_writer, daemon=True,
                                             name=f"escritor-{self._name}")
             self._writer.start()
@@ -326,7 +382,7 @@ class Outbox:
     def _run_writer(self) -> None:
         """Writer thread: send, blocking, whatever ``flush`` could not."""
         while True:
-            with self._cond:
+            with self._lock:
                 while not (self._unsent or self._queued) and not self._closed:
                     self._writer_busy = False
                     self._cond.wait()
@@ -344,13 +400,13 @@ class Outbox:
             except OSError as exc:
                 reason = "cliente parou de ler" if isinstance(exc, BlockingIOError) \
                     else f"erro ao enviar: {exc.strerror or exc}"
-                with self._cond:
+                with self._lock:
                     self._closed = True
                     self._queued.clear()
                     self._pending = 0
                 self._on_broken(reason)
                 return
-            with self._cond:
+            with self._lock:
                 # max(): close(flush=False) may have zeroed the count meanwhile.
                 self._pending = max(0, self._pending - len(wire))
 
@@ -450,6 +506,61 @@ class TokenBucket:
         return False
 
 
+class FairTurn:
+    """Connection threads take turns, in arrival order, at handling what they read.
+
+    Only one thread runs Python code at a time anyway (the GIL), but CPython
+    hands the GIL over unfairly: a thread coming back from a short system
+    call (a non-blocking ``send``, a ``recv`` that finds data waiting) takes
+    it again before the thread that was woken for it gets to run, and that
+    one goes back to waiting. Under load a few busy connections then handle
+    batch after batch while others wait tens of milliseconds: with 100 busy
+    pairs the p99 latency was five times the median or more. Handing the turn
+    over first come, first served gives every busy connection one batch per
+    round.
+
+    The turn guards no data (the registry and every outbox have their own
+    locks), so correctness never depends on it: a thread that waits longer
+    than ``patience`` seconds -- say the holder is stuck writing a log line
+    to a stopped terminal -- simply goes ahead without it. It is held for
+    CPU work and non-blocking sends only, never while waiting for a peer.
+    """
+
+    def __init__(self, patience: float = TURN_PATIENCE) -> None:
+        self.patience = patience
+        self._lock = threading.Lock()
+        self._waiting: collections.deque[threading.Lock] = collections.deque()
+        self._taken = False
+
+    def acquire(self) -> bool:
+        """Wait for the turn; True once it is ours, False if we gave up waiting."""
+        with self._lock:
+            if not self._taken:
+                self._taken = True
+                return True
+            baton = threading.Lock()
+            baton.acquire()
+            self._waiting.append(baton)
+        if baton.acquire(timeout=self.patience):
+            return True  # released by ``release``: the turn was handed to us
+        with self._lock:
+            try:
+                self._waiting.remove(baton)
+            except ValueError:
+                return True  # handed to us just as the wait ran out
+            return False
+
+    def release(self, held: bool) -> None:
+        """Pass the turn to the longest waiting thread (only if ``acquire`` gave it)."""
+        if not held:
+            return
+        with self._lock:
+            if self._waiting:
+                self._waiting.popleft().release()
+            else:
+                self._taken = False
+
+
 class ClientConnection:
     """One client's socket, served by its own thread from accept to close."""
 
@@ -485,9 +596,7 @@ class ClientConnection:
         reason = "cliente desconectou"
         try:
             self._arm_register_timer()
-            if self._deadline:
-                self._bound_next_recv()  # bounds the TLS handshake too
-            self.transport.handshake()
+            self.transport.handshake(self._deadline)  # TEMPO bounds the TLS handshake too
             reason = self._serve()
         except (ssl.SSLError, ConnectionError) as exc:
             reason = f"falha de rede: {exc}"
@@ -545,12 +654,18 @@ class ClientConnection:
             try:
                 data = self.transport.recv()
             except BlockingIOError:
-                continue  # the receive timeout, armed only while unregistered
+                # The receive timeout (armed only while unregistered), or a TLS
+                # record still incomplete: check the TEMPO clock, read again.
+                continue
             if not data:
                 return "cliente desconectou"
-            lines = splitter.feed(data)
-            if lines:
-                self._handle_lines(lines)
+            held = self.server.turn.acquire()
+            try:
+                lines = splitter.feed(data)
+                if lines:
+                    self._handle_lines(lines)
+            finally:
+                self.server.turn.release(held)
         return "SAIR"
 
     def _bound_next_recv(self) -> bool:
@@ -562,21 +677,29 @@ class ClientConnection:
         return True
 
     def _handle_lines(self, lines: list[bytes | protocolo.LineTooLong]) -> None:
-        """Answer a batch of lines, then flush every outbox they touched once."""
+        """Answer a batch of lines, then flush every outbox they touched once.
+
+        The recipients' outboxes go first: their messages are what people
+        wait for, while this connection's own replies (the OKs) only let its
+        sender send more.
+        """
         touched = self._touched
         was_registered = self.key is not None
         for raw in lines:
             if self._quitting:
                 break
             reply = self._answer(raw)
-            if reply is not None and not self.outbox.put(reply):
-                self.abort("saída pendente cheia")
-                return
-        self.outbox.flush()
+            if reply is not None:
+                if not self.outbox.put(reply):
+                    self.abort("saída pendente cheia")
+                    break  # still flush the messages already queued for others
+                if self.outbox.pending > EARLY_FLUSH_BYTES:
+                    self.outbox.flush()  # e.g. pipelined LISTARs: don't pile them all up
         if touched:
             for other in touched.values():
                 other.outbox.flush()
             touched.clear()
+        self.outbox.flush()
         if was_registered != (self.key is not None):
             self._arm_register_timer()
         elif self._deadline:
@@ -624,6 +747,8 @@ class ClientConnection:
             raise ProtocolError(ErrorCode.SO_DIRETO,
                                 f"{entry.nick} está só no diretório e não recebe mensagens")
         recipient = entry.connection
+        if recipient.outbox.closed:  # dropped a moment ago; its thread is cleaning up
+            raise ProtocolError(ErrorCode.NAO_ENCONTRADO, f"{request.nick} não está conectada")
         if not recipient.outbox.put(protocolo.format_msg(self.nick, entry.nick, request.text)):
             recipient.abort("destinatário lento: saída pendente cheia")
             raise ProtocolError(ErrorCode.DESTINATARIO_LENTO,
@@ -703,7 +828,7 @@ class ClientConnection:
         self.nick = self.key = None
         self.relay = False
         subscribers = self.server.registry.remove(key, self)
-        log.info("%s cancelou o registro de %s", self.name, nick)
+        log.info("%s: registro de %s removido", self.name, nick)
         self._notify(subscribers, protocolo.format_left(nick))
 
     def _notify(self, subscribers: list[ClientConnection], line: bytes) -> None:
@@ -731,6 +856,7 @@ class Servidor:
     def __init__(self, config: ServerConfig | None = None) -> None:
         self.config = config or ServerConfig()
         self.registry = Registry()
+        self.turn = FairTurn()
         self._listeners: list[socket.socket] = []
         self._connections: set[ClientConnection] = set()
         self._per_ip: dict[str, int] = {}
@@ -760,6 +886,11 @@ class Servidor:
     @property
     def connection_count(self) -> int:
         return len(self._connections)
+
+    def connections(self) -> list[ClientConnection]:
+        """A snapshot of the open connections (for tests and diagnostics)."""
+        with self._lock:
+            return list(self._connections)
 
     def start(self) -> None:
         """Bind the listening socket(s) and serve in a background thread."""
@@ -859,7 +990,12 @@ class Servidor:
             with self._lock:
                 self._connections.add(connection)
             log.info("conexão de %s", connection.name)
-            connection.thread.start()
+            try:
+                connection.thread.start()
+            except RuntimeError as exc:  # out of threads: drop this one, keep accepting
+                log.error("conexão de %s recusada: %s", connection.name, exc)
+                sock.close()
+                self._forget(connection)
 
     def _admit(self, ip: str) -> str:
         """Count a new connection from ``ip``; '' if admitted, else why not."""
@@ -877,6 +1013,10 @@ class Servidor:
         try:
             if self.config.tls_context is None:
                 sock.send(protocolo.format_error(ErrorCode.LOTADO, why), socket.MSG_DONTWAIT)
+                # Closing with unread input sends a TCP reset, and some systems
+                # then discard the line above before the client reads it; so
+                # take what the client already sent (its REGISTRAR, typically).
+                sock.recv(65536, socket.MSG_DONTWAIT)
         except OSError:
             pass
         finally:
@@ -910,6 +1050,25 @@ def make_tls_context(cert: str, key: str) -> ssl.SSLContext:
     return context
 
 
+def _number(kind: type, minimum: float = 0, maximum: float | None = None
+            ) -> Callable[[str], int | float]:
+    """An argparse ``type``: ``kind`` (int or float), finite, within the bounds.
+
+    A negative limit would not mean "no limit" but refuse or cut everybody,
+    so the command line rejects it rather than starting a useless server.
+    """
+    def convert(text: str) -> int | float:
+        value = kind(text)
+        if not math.isfinite(value) or value < minimum or (maximum is not None
+                                                           and value > maximum):
+            bounds = f"de {minimum:g} a {maximum:g}" if maximum is not None \
+                else f"maior ou igual a {minimum:g}"
+            raise argparse.ArgumentTypeError(f"valor inválido: {text} (use um número {bounds})")
+        return value
+    convert.__name__ = kind.__name__  # argparse names the type in its messages
+    return convert
+
+
 def build_parser() -> argparse.ArgumentParser:
     defaults = ServerConfig()
     parser = argparse.ArgumentParser(
@@ -917,25 +1076,25 @@ def build_parser() -> argparse.ArgumentParser:
         description="Servidor do chat (protocolo de linhas sobre TCP).")
     parser.add_argument("--host", default="",
                         help="endereço de escuta (padrão: todas as interfaces, IPv4 e IPv6)")
-    parser.add_argument("--port", type=int, default=protocolo.DEFAULT_PORT,
+    parser.add_argument("--port", type=_number(int, 0, 65535), default=protocolo.DEFAULT_PORT,
                         help=f"porta TCP (padrão: {protocolo.DEFAULT_PORT})")
-    parser.add_argument("--max-clientes", type=int, default=defaults.max_clients,
+    parser.add_argument("--max-clientes", type=_number(int), default=defaults.max_clients,
                         help="máximo de conexões simultâneas; 0 = sem limite "
                              f"(padrão: {defaults.max_clients})")
-    parser.add_argument("--max-por-ip", type=int, default=defaults.max_per_ip,
+    parser.add_argument("--max-por-ip", type=_number(int), default=defaults.max_per_ip,
                         help="máximo de conexões por endereço IP; 0 = sem limite "
                              f"(padrão: {defaults.max_per_ip})")
-    parser.add_argument("--max-linha", type=int, default=defaults.max_line,
+    parser.add_argument("--max-linha", type=_number(int, 2), default=defaults.max_line,
                         help=f"bytes por linha de comando (padrão: {defaults.max_line})")
-    parser.add_argument("--max-fila", type=int, default=defaults.max_pending,
+    parser.add_argument("--max-fila", type=_number(int), default=defaults.max_pending,
                         help="bytes de saída pendente por conexão antes de desconectá-la "
                              f"(padrão: {defaults.max_pending})")
-    parser.add_argument("--taxa", type=float, default=defaults.rate,
+    parser.add_argument("--taxa", type=_number(float), default=defaults.rate,
                         help="comandos por segundo por conexão; 0 = sem limite "
                              f"(padrão: {defaults.rate:g})")
-    parser.add_argument("--rajada", type=int, default=defaults.burst,
+    parser.add_argument("--rajada", type=_number(int, 1), default=defaults.burst,
                         help=f"rajada de comandos permitida (padrão: {defaults.burst})")
-    parser.add_argument("--tempo-registro", type=float, default=defaults.register_timeout,
+    parser.add_argument("--tempo-registro", type=_number(float), default=defaults.register_timeout,
                         help="segundos que uma conexão sem registro pode ficar sem "
                              "mandar uma linha completa; 0 = sem limite "
                              f"(padrão: {defaults.register_timeout:g})")
@@ -969,6 +1128,15 @@ def main(argv: list[str] | None = None) -> int:
         log.error("não foi possível carregar o certificado TLS: %s", exc)
         return 2
     threading.stack_size(CONNECTION_STACK_SIZE)
+    # Handlers first: a SIGTERM that arrives as soon as the server is
+    # listening must still mean a clean stop and exit status 0.
+    stop_requested = threading.Event()
+
+    def request_stop(signum: int, frame: object) -> None:
+        stop_requested.set()
+
+    signal.signal(signal.SIGTERM, request_stop)
+    signal.signal(signal.SIGINT, request_stop)
     server = Servidor(config)
     try:
         server.start()
@@ -979,13 +1147,6 @@ def main(argv: list[str] | None = None) -> int:
     for ip in lan_addresses():
         log.info("outras máquinas podem conectar em %s porta %d", ip, port)
 
-    stop_requested = threading.Event()
-
-    def request_stop(signum: int, frame: object) -> None:
-        stop_requested.set()
-
-    signal.signal(signal.SIGTERM, request_stop)
-    signal.signal(signal.SIGINT, request_stop)
     while not stop_requested.wait(0.5):
         pass
     log.info("encerrando (sinal recebido)")
