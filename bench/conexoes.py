@@ -1,0 +1,396 @@
+"""Connections benchmark: N concurrent registered clients, and what they cost the server.
+
+For each N (1,000; 5,000; 10,000 by default) it measures:
+
+* the time to connect and register all N clients (``REGISTRAR``), opened by
+  several generator processes at once, each a ``selectors`` loop over
+  non-blocking sockets with a bounded number of handshakes in progress;
+* a ``LISTAR`` round trip with N users registered (median of 3), checking
+  that all N come back;
+* one relay round trip (``ENVIAR`` until the recipient has the ``MSG``);
+* the server's resident memory (RSS) and thread count, from /proc.
+
+Every client comes from the loopback network; the generator processes use
+different source addresses (127.0.0.2, 127.0.0.3, ...) so that ephemeral
+ports never run out, and close with RST so no TIME_WAIT is left behind.
+RLIMIT_NOFILE is raised as far as the hard limit allows (the server started
+here inherits it).
+
+    python3 bench/conexoes.py                   # N = 1000, 5000, 10000; 3 runs each
+    python3 bench/conexoes.py --clientes 10000 --repeticoes 1
+    python3 bench/conexoes.py --rapido          # a few seconds, for CI
+
+Prints one line per run (stderr), a table of medians and one JSON line.
+Exit status 1 if any client failed to register or a probe failed.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import errno
+import json
+import multiprocessing
+import os
+import platform
+import selectors
+import socket
+import struct
+import sys
+import time
+
+import comum
+
+IN_PROGRESS = 128
+"""Handshakes (connect + REGISTRAR) each generator process keeps in progress."""
+LINGER_RST = struct.pack("ii", 1, 0)
+
+
+# --------------------------------------------------------------------------
+# Generator process: open and register a share of the clients
+
+
+def _source_address(host: str, worker: int) -> str | None:
+    """A distinct 127.0.0.x source per process (IPv4 loopback targets only)."""
+    if not host.startswith("127."):
+        return None
+    return f"127.0.0.{2 + worker % 250}"
+
+
+def open_clients(host: str, port: int, nicks: list[str], source: str | None,
+                 deadline: float) -> tuple[list[socket.socket], int, str]:
+    """Connect and register every nick; returns (sockets, failures, first error).
+
+    At most ``IN_PROGRESS`` clients are between ``connect`` and their ``OK``
+    at any moment, so the server's listen backlog never overflows.
+    """
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    selector = selectors.DefaultSelector()
+    done: list[socket.socket] = []
+    failures = 0
+    first_error = ""
+    next_nick = 0
+    in_progress = 0
+
+    def fail(sock: socket.socket, why: str) -> None:
+        nonlocal failures, first_error, in_progress
+        failures += 1
+        in_progress -= 1
+        first_error = first_error or why
+        selector.unregister(sock)
+        sock.close()
+
+    while (next_nick < len(nicks) or in_progress) and time.monotonic() < deadline:
+        while in_progress < IN_PROGRESS and next_nick < len(nicks):
+            nick = nicks[next_nick]
+            next_nick += 1
+            sock = socket.socket(family, socket.SOCK_STREAM)
+            sock.setblocking(False)
+            if source:
+                try:
+                    sock.bind((source, 0))
+                except OSError:  # e.g. macOS has only 127.0.0.1 configured
+                    source = None
+            code = sock.connect_ex((host, port))
+            if code not in (0, errno.EINPROGRESS):
+                failures += 1
+                first_error = first_error or os.strerror(code)
+                sock.close()
+                continue
+            in_progress += 1
+            selector.register(sock, selectors.EVENT_WRITE, [nick, b""])
+        for key, mask in selector.select(0.5):
+            sock, state = key.fileobj, key.data
+            if mask & selectors.EVENT_WRITE:
+                code = sock.getsockopt(socket.SOL_SOCKET, socket.SO_ERROR)
+                if code:
+                    fail(sock, os.strerror(code))
+                    continue
+                try:
+                    sock.send(f"REGISTRAR {state[0]}\n".encode())
+                except OSError as exc:
+                    fail(sock, str(exc))
+                    continue
+                selector.modify(sock, selectors.EVENT_READ, state)
+                continue
+            try:
+                data = sock.recv(4096)
+            except OSError as exc:
+                fail(sock, str(exc))
+                continue
+            state[1] += data
+            if not data or b"\n" in state[1]:
+                if state[1] == b"OK\n":
+                    selector.unregister(sock)
+                    in_progress -= 1
+                    done.append(sock)
+                else:
+                    fail(sock, f"{state[0]}: {state[1][:80]!r}")
+    for key in list(selector.get_map().values()):
+        failures += 1
+        first_error = first_error or "tempo esgotado no registro"
+        key.fileobj.close()
+    failures += len(nicks) - next_nick
+    selector.close()
+    return done, failures, first_error
+
+
+def worker_main(host: str, port: int, nicks: list[str], worker: int, conn) -> None:
+    """Open this process's clients at the start signal, keep them until told to stop."""
+    sockets: list[socket.socket] = []
+    try:
+        conn.send(("pronto", None))
+        command, start_at = conn.recv()
+        if command != "inicio":
+            return
+        time.sleep(max(0.0, start_at - time.monotonic()))
+        sockets, failures, first_error = open_clients(
+            host, port, nicks, _source_address(host, worker), start_at + 60.0)
+        conn.send(("registrados", (len(sockets), failures, first_error, time.monotonic())))
+        conn.poll(120)  # hold the clients until the parent has measured
+    finally:
+        for sock in sockets:
+            with contextlib.suppress(OSError):
+                sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, LINGER_RST)
+            sock.close()
+        conn.close()
+
+
+# --------------------------------------------------------------------------
+# Probes, run by the parent once everyone is registered
+
+
+def _read_until(sock: socket.socket, end: bytes, deadline: float) -> bytes:
+    data = b""
+    while not data.endswith(end):
+        sock.settimeout(max(0.01, deadline - time.monotonic()))
+        chunk = sock.recv(1 << 20)
+        if not chunk:
+            raise ConnectionError("o servidor fechou a conexão")
+        data += chunk
+    return data
+
+
+def probe_listing(host: str, port: int, expected: int) -> tuple[float, int]:
+    """One LISTAR round trip: (milliseconds, users listed)."""
+    with socket.create_connection((host, port), timeout=10) as sock:
+        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        t0 = time.perf_counter()
+        sock.sendall(b"LISTAR\n")
+        data = _read_until(sock, b"\nEND\n", time.monotonic() + 10)
+        elapsed = (time.perf_counter() - t0) * 1000
+    header = data.split(b"\n", 1)[0]
+    listed = data.count(b"\nUSUARIO ")
+    if header != f"USUARIOS {listed}".encode() or listed < expected:
+        raise RuntimeError(f"LISTAR trouxe {listed} usuários, esperados {expected}")
+    return elapsed, listed
+
+
+def probe_relay(host: str, port: int, prefix: str) -> float:
+    """One ENVIAR -> MSG round trip between two fresh clients, in milliseconds."""
+    a = socket.create_connection((host, port), timeout=10)
+    b = socket.create_connection((host, port), timeout=10)
+    with a, b:
+        for sock, nick in ((a, f"{prefix}pa"), (b, f"{prefix}pb")):
+            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+            sock.sendall(f"REGISTRAR {nick}\n".encode())
+            if _read_until(sock, b"\n", time.monotonic() + 10) != b"OK\n":
+                raise RuntimeError(f"registro de {nick} recusado")
+        t0 = time.perf_counter()
+        a.sendall(f"ENVIAR {prefix}pb sonda\n".encode())
+        line = _read_until(b, b"\n", time.monotonic() + 10)
+        elapsed = (time.perf_counter() - t0) * 1000
+        if line != f"MSG {prefix}pa {prefix}pb sonda\n".encode():
+            raise RuntimeError(f"MSG inesperada: {line[:80]!r}")
+        if _read_until(a, b"\n", time.monotonic() + 10) != b"OK\n":
+            raise RuntimeError("ENVIAR não foi confirmado com OK")
+    return elapsed
+
+
+# --------------------------------------------------------------------------
+# One run
+
+
+def run_once(server: comum.ServerUnderTest, clients: int, processes: int,
+             run_number: int) -> dict:
+    prefix = f"c{os.getpid() % 10000}x{run_number}"
+    processes = max(1, min(processes, clients))
+    context = multiprocessing.get_context("fork" if hasattr(os, "fork") else "spawn")
+    workers = []
+    for k in range(processes):
+        nicks = [f"{prefix}n{i}" for i in range(k, clients, processes)]
+        parent_end, child_end = context.Pipe()
+        process = context.Process(target=worker_main,
+                                  args=(server.host, server.port, nicks, k, child_end),
+                                  daemon=True)
+        process.start()
+        child_end.close()
+        workers.append((process, parent_end))
+    result: dict = {"clientes": clients}
+    try:
+        for _, conn in workers:
+            if not conn.poll(30) or conn.recv()[0] != "pronto":
+                raise RuntimeError("um processo gerador não ficou pronto")
+        result["carga_1min"] = comum.load_average()
+        start_at = time.monotonic() + 0.2
+        for _, conn in workers:
+            conn.send(("inicio", start_at))
+        time.sleep(max(0.0, start_at - time.monotonic()))
+        cpu0 = server.cpu
+        registered = failures = 0
+        finished = start_at
+        first_error = ""
+        for _, conn in workers:
+            if not conn.poll(90):
+                raise RuntimeError("um processo gerador não terminou de registrar")
+            count, failed, error, at = conn.recv()[1]
+            registered += count
+            failures += failed
+            finished = max(finished, at)
+            first_error = first_error or error
+        cpu1 = server.cpu
+        seconds = finished - start_at
+        result |= {"registrados": registered, "falhas": failures, "primeiro_erro": first_error,
+                   "registro_s": round(seconds, 3)}
+        if cpu0 is not None and cpu1 is not None:
+            result["cpu_servidor_s"] = round(cpu1 - cpu0, 3)
+        listings = [probe_listing(server.host, server.port, registered) for _ in range(3)]
+        result["listar_ms"] = round(comum.median([ms for ms, _ in listings]), 3)
+        result["listar_max_ms"] = round(max(ms for ms, _ in listings), 3)
+        result["listar_usuarios"] = listings[0][1]
+        result["relay_ms"] = round(probe_relay(server.host, server.port, prefix), 3)
+        status = server.status()
+        if status:
+            result |= {"rss_mib": round(status["VmRSS"] / 1024, 1),
+                       "pico_rss_mib": round(status["VmHWM"] / 1024, 1),
+                       "threads": status["Threads"]}
+    except (RuntimeError, OSError, EOFError) as exc:
+        result["falha"] = str(exc)
+    finally:
+        for _, conn in workers:
+            with contextlib.suppress(OSError):
+                conn.send(("fim", None))
+            conn.close()
+        for process, _ in workers:
+            process.join(30)
+            if process.is_alive():
+                process.kill()
+                process.join()
+    return result
+
+
+def summarize(clients: int, runs: list[dict]) -> dict:
+    good = [r for r in runs if "falha" not in r]
+    if not good:
+        return {"clientes": clients, "falha": runs[0].get("falha", "?") if runs else "?"}
+    summary: dict = {"clientes": clients, "execucoes": len(good),
+                     "falhas": sum(r["falhas"] for r in good)}
+    for key in ("registro_s", "listar_ms", "listar_max_ms", "relay_ms", "rss_mib",
+                "pico_rss_mib", "threads", "cpu_servidor_s"):
+        values = [r[key] for r in good if key in r]
+        if values:
+            summary[key] = round(comum.median(values), 3)
+    return summary
+
+
+def print_run(run: dict, number: int) -> None:
+    if "falha" in run:
+        print(f"  N={run['clientes']:<6} execução {number}: FALHOU: {run['falha']}",
+              file=sys.stderr)
+        return
+    print(f"  N={run['clientes']:<6} execução {number}: registrados {run['registrados']} "
+          f"em {run['registro_s']:.2f} s, LISTAR {run['listar_ms']:.1f} ms "
+          f"(máx {run['listar_max_ms']:.1f}), "
+          f"relay {run['relay_ms']:.2f} ms, RSS {run.get('rss_mib', '?')} MiB, "
+          f"threads {run.get('threads', '?')} (carga {run['carga_1min']})", file=sys.stderr)
+
+
+def print_table(summaries: list[dict], repetitions: int) -> None:
+    print(f"\nConexões simultâneas registradas (medianas de {repetitions} execuções)")
+    header = (f"{'clientes':>8} {'registro s':>10} {'LISTAR ms':>9} {'LISTAR máx':>10} "
+              f"{'relay ms':>8} {'RSS MiB':>8} {'threads':>7} {'falhas':>6}")
+    print(header)
+    print("-" * len(header))
+    for s in summaries:
+        if "falha" in s:
+            print(f"{s['clientes']:>8} falhou: {s['falha']}")
+            continue
+        print(f"{s['clientes']:>8} {s['registro_s']:>10.2f} {s['listar_ms']:>9.1f} "
+              f"{s['listar_max_ms']:>10.1f} {s['relay_ms']:>8.2f} "
+              f"{s.get('rss_mib', float('nan')):>8.1f} "
+              f"{s.get('threads', 0):>7.0f} {s['falhas']:>6}")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="bench/conexoes.py",
+        description="Mede N clientes registrados ao mesmo tempo: tempo para conectar e "
+                    "registrar todos, LISTAR, uma retransmissão, memória e threads do servidor.")
+    parser.add_argument("--clientes", default="1000,5000,10000",
+                        help="lista de N separada por vírgulas (padrão: 1000,5000,10000)")
+    parser.add_argument("--repeticoes", type=int, default=3,
+                        help="execuções por N; a tabela mostra a mediana (padrão: 3)")
+    parser.add_argument("--processos", type=int, default=os.cpu_count() or 2,
+                        help="processos geradores (padrão: número de CPUs)")
+    parser.add_argument("--attach", metavar="HOST:PORTA",
+                        help="usar um servidor já rodando (só loopback) em vez de iniciar um")
+    parser.add_argument("--pid-servidor", type=int,
+                        help="PID do servidor de --attach, para medir memória e threads")
+    parser.add_argument("--servidor", default=str(comum.SERVER_SCRIPT),
+                        help="servidor.py a iniciar (padrão: o deste repositório)")
+    parser.add_argument("--rapido", action="store_true",
+                        help="configuração mínima de poucos segundos (para a CI)")
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    if args.rapido:
+        args.clientes, args.repeticoes = "200", 1
+    try:
+        counts = [int(n) for n in args.clientes.split(",") if n.strip()]
+        attach = comum.loopback_target(args.attach) if args.attach else None
+    except ValueError as exc:
+        print(f"erro: {exc}", file=sys.stderr)
+        return 2
+    if (not counts or min(counts) < 1 or max(counts) > 50_000
+            or not 1 <= args.repeticoes <= 20 or args.processos < 1):
+        print("erro: parâmetros fora dos limites", file=sys.stderr)
+        return 2
+    limit = comum.raise_fd_limit(max(counts) + 1024)
+    if limit < max(counts) + 64:
+        print(f"aviso: o limite de arquivos abertos é {limit}; N={max(counts)} pode falhar "
+              f"(aumente com ulimit -n)", file=sys.stderr)
+
+    print(f"bench/conexoes.py: N={counts}, {args.repeticoes} execuções", file=sys.stderr)
+    all_runs: list[dict] = []
+    summaries = []
+    run_number = 0
+    for clients in counts:
+        runs = []
+        for repetition in range(args.repeticoes):
+            run_number += 1
+            with comum.ServerUnderTest(attach, args.servidor, max_clients=clients + 1000,
+                                       pid=args.pid_servidor) as server:
+                run = run_once(server, clients, args.processos, run_number)
+            print_run(run, repetition + 1)
+            runs.append(run)
+        all_runs.extend(runs)
+        summaries.append(summarize(clients, runs))
+
+    print_table(summaries, args.repeticoes)
+    print(json.dumps({
+        "bench": "conexoes",
+        "maquina": {"cpus": os.cpu_count(), "python": platform.python_version(),
+                    "plataforma": platform.platform()},
+        "parametros": {"clientes": counts, "repeticoes": args.repeticoes,
+                       "processos": args.processos, "attach": args.attach},
+        "medianas": summaries,
+        "execucoes": all_runs,
+    }, ensure_ascii=False))
+    broken = any("falha" in r or r["falhas"] for r in all_runs)
+    return 1 if broken else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
