@@ -906,7 +906,9 @@ class Servidor:
         self._accept_thread.start()
         for listener in self._listeners:
             host, port = listener.getsockname()[:2]
-            log.info("servidor escutando em %s porta %d%s", host or "*", port,
+            where = {"::": "todas as interfaces (IPv4 e IPv6)",
+                     "0.0.0.0": "todas as interfaces (IPv4)"}.get(host, host)
+            log.info("servidor escutando em %s porta %d%s", where, port,
                      " (TLS)" if self.config.tls_context else "")
 
     def stop(self) -> None:

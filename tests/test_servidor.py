@@ -1047,7 +1047,7 @@ def test_context_manager_starts_and_stops(connect):
 class ServerProcess:
     """``servidor.py`` in a subprocess; the port is read from its log on stderr."""
 
-    LISTENING = re.compile(r"servidor escutando em (\S+) porta (\d+)")
+    LISTENING = re.compile(r"servidor escutando em (.+) porta (\d+)")
 
     def __init__(self, *args: str) -> None:
         self.proc = subprocess.Popen(
