@@ -372,7 +372,8 @@ class Outbox:
 
     def _wake_writer(self) -> None:
         if self._writer is None:
-            self._cond = threading.Condition(self._lock)
+            if self._cond is None:
+                self._cond = threading.Condition(self._lock)
             self._writer = threading.Thread(target=self._run_writer, daemon=True,
                                             name=f"escritor-{self._name}")
             self._writer.start()
@@ -387,10 +388,12 @@ class Outbox:
                     self._writer_busy = False
                     self._cond.wait()
                     self._writer_busy = bool(self._unsent or self._queued)
-                if self._closed and not self._flush_on_close:
+                if ((self._closed and not self._flush_on_close)
+                        or not (self._unsent or self._queued)):
+                    # Closed (and drained, if flushing). Saying so under the
+                    # lock lets a last ``flush`` start a new writer if needed.
+                    self._writer = None
                     return
-                if not (self._unsent or self._queued):
-                    return  # closed and drained
                 wire = self._unsent
                 self._unsent = b""
                 if self._queued:
@@ -404,6 +407,7 @@ class Outbox:
                     self._closed = True
                     self._queued.clear()
                     self._pending = 0
+                    self._writer = None
                 self._on_broken(reason)
                 return
             with self._lock:
