@@ -393,6 +393,7 @@ class Outbox:
                     # Closed (and drained, if flushing). Saying so under the
                     # lock lets a last ``flush`` start a new writer if needed.
                     self._writer = None
+                    self._writer_busy = False
                     return
                 wire = self._unsent
                 self._unsent = b""
