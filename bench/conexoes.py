@@ -29,10 +29,8 @@ from __future__ import annotations
 import argparse
 import contextlib
 import errno
-import json
 import multiprocessing
 import os
-import platform
 import selectors
 import socket
 import struct
@@ -306,11 +304,10 @@ def print_run(run: dict, number: int) -> None:
 
 
 def print_table(summaries: list[dict], repetitions: int) -> None:
-    print(f"\nConexões simultâneas registradas (medianas de {repetitions} execuções)")
-    header = (f"{'clientes':>8} {'registro s':>10} {'LISTAR ms':>9} {'LISTAR máx':>10} "
-              f"{'relay ms':>8} {'RSS MiB':>8} {'threads':>7} {'falhas':>6}")
-    print(header)
-    print("-" * len(header))
+    comum.print_table_header(
+        f"Conexões simultâneas registradas (medianas de {repetitions} execuções)",
+        f"{'clientes':>8} {'registro s':>10} {'LISTAR ms':>9} {'LISTAR máx':>10} "
+        f"{'relay ms':>8} {'RSS MiB':>8} {'threads':>7} {'falhas':>6}")
     for s in summaries:
         if "falha" in s:
             print(f"{s['clientes']:>8} falhou: {s['falha']}")
@@ -332,14 +329,8 @@ def build_parser() -> argparse.ArgumentParser:
                         help="execuções por N; a tabela mostra a mediana (padrão: 3)")
     parser.add_argument("--processos", type=int, default=os.cpu_count() or 2,
                         help="processos geradores (padrão: número de CPUs)")
-    parser.add_argument("--attach", metavar="HOST:PORTA",
-                        help="usar um servidor já rodando (só loopback) em vez de iniciar um")
-    parser.add_argument("--pid-servidor", type=int,
-                        help="PID do servidor de --attach, para medir memória e threads")
-    parser.add_argument("--servidor", default=str(comum.SERVER_SCRIPT),
-                        help="servidor.py a iniciar (padrão: o deste repositório)")
-    parser.add_argument("--rapido", action="store_true",
-                        help="configuração mínima de poucos segundos (para a CI)")
+    comum.add_server_options(parser,
+                             "PID do servidor de --attach, para medir memória e threads")
     return parser
 
 
@@ -379,15 +370,11 @@ def main(argv: list[str] | None = None) -> int:
         summaries.append(summarize(clients, runs))
 
     print_table(summaries, args.repeticoes)
-    print(json.dumps({
-        "bench": "conexoes",
-        "maquina": {"cpus": os.cpu_count(), "python": platform.python_version(),
-                    "plataforma": platform.platform()},
-        "parametros": {"clientes": counts, "repeticoes": args.repeticoes,
-                       "processos": args.processos, "attach": args.attach},
-        "medianas": summaries,
-        "execucoes": all_runs,
-    }, ensure_ascii=False))
+    comum.print_json_line(
+        "conexoes",
+        {"clientes": counts, "repeticoes": args.repeticoes, "processos": args.processos,
+         "attach": args.attach},
+        summaries, all_runs)
     broken = any("falha" in r or r["falhas"] for r in all_runs)
     return 1 if broken else 0
 

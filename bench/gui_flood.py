@@ -26,10 +26,8 @@ from __future__ import annotations
 import argparse
 import contextlib
 import itertools
-import json
 import multiprocessing
 import os
-import platform
 import select
 import shutil
 import socket
@@ -87,12 +85,7 @@ def x_display() -> Iterator[str]:
         finally:
             os.close(read_fd)
             os.environ.pop("DISPLAY", None)
-            process.terminate()
-            try:
-                process.wait(5)
-            except subprocess.TimeoutExpired:
-                process.kill()
-                process.wait(5)
+            comum.stop_process(process)
 
 
 # --------------------------------------------------------------------------
@@ -232,12 +225,7 @@ def build_parser() -> argparse.ArgumentParser:
                         help="execuções; a tabela mostra a mediana (padrão: 3)")
     parser.add_argument("--tempo-limite", type=float, default=60.0,
                         help="segundos para desistir de uma execução (padrão: 60)")
-    parser.add_argument("--servidor", default=str(comum.SERVER_SCRIPT),
-                        help="servidor.py a iniciar (padrão: o deste repositório)")
-    parser.add_argument("--attach", metavar="HOST:PORTA",
-                        help="usar um servidor já rodando (só loopback) em vez de iniciar um")
-    parser.add_argument("--rapido", action="store_true",
-                        help="configuração mínima de poucos segundos (para a CI)")
+    comum.add_server_options(parser)
     return parser
 
 
@@ -285,20 +273,15 @@ def main(argv: list[str] | None = None) -> int:
         summary["mostradas_s"] = round(comum.median([r["mostradas_s"] for r in good]), 3)
         summary["pior_travada_ms"] = round(
             comum.median([r["pior_travada_ms"] for r in good]), 1)
-        print(f"\nRajada na janela (medianas de {len(good)} execuções)")
-        print(f"{'mensagens':>9} {'mostradas s':>11} {'pior travada ms':>15}")
-        print("-" * 37)
+        comum.print_table_header(f"Rajada na janela (medianas de {len(good)} execuções)",
+                                 f"{'mensagens':>9} {'mostradas s':>11} {'pior travada ms':>15}")
         print(f"{args.mensagens:>9} {summary['mostradas_s']:>11.3f} "
               f"{summary['pior_travada_ms']:>15.1f}")
-    print(json.dumps({
-        "bench": "gui_flood",
-        "maquina": {"cpus": os.cpu_count(), "python": platform.python_version(),
-                    "plataforma": platform.platform()},
-        "parametros": {"mensagens": args.mensagens, "repeticoes": args.repeticoes,
-                       "batida_ms": HEARTBEAT_MS, "attach": args.attach},
-        "medianas": summary,
-        "execucoes": runs,
-    }, ensure_ascii=False))
+    comum.print_json_line(
+        "gui_flood",
+        {"mensagens": args.mensagens, "repeticoes": args.repeticoes, "batida_ms": HEARTBEAT_MS,
+         "attach": args.attach},
+        summary, runs)
     broken = len(good) < len(runs) or any(r["recebidas"] < args.mensagens for r in good)
     return 1 if broken else 0
 

@@ -24,10 +24,8 @@ from __future__ import annotations
 
 import argparse
 import array
-import json
 import multiprocessing
 import os
-import platform
 import re
 import selectors
 import socket
@@ -443,11 +441,10 @@ def print_run(run: dict, number: int) -> None:
 
 
 def print_table(summaries: list[dict], repetitions: int) -> None:
-    print(f"\nRetransmissão (medianas de {repetitions} execuções)")
-    header = (f"{'pares':>5} {'msg/s':>10} {'p50 ms':>8} {'p99 ms':>8} {'máx ms':>8} "
-              f"{'perdidas':>8} {'fora ordem':>10} {'CPU serv.':>9} {'CPU ger.':>8}")
-    print(header)
-    print("-" * len(header))
+    comum.print_table_header(
+        f"Retransmissão (medianas de {repetitions} execuções)",
+        f"{'pares':>5} {'msg/s':>10} {'p50 ms':>8} {'p99 ms':>8} {'máx ms':>8} "
+        f"{'perdidas':>8} {'fora ordem':>10} {'CPU serv.':>9} {'CPU ger.':>8}")
     for s in summaries:
         if "falha" in s:
             print(f"{s['pares']:>5} falhou: {s['falha']}")
@@ -475,14 +472,7 @@ def build_parser() -> argparse.ArgumentParser:
                         help="execuções por P; a tabela mostra a mediana (padrão: 3)")
     parser.add_argument("--processos", type=int, default=os.cpu_count() or 2,
                         help="processos geradores (padrão: número de CPUs)")
-    parser.add_argument("--attach", metavar="HOST:PORTA",
-                        help="usar um servidor já rodando (só loopback) em vez de iniciar um")
-    parser.add_argument("--pid-servidor", type=int,
-                        help="PID do servidor de --attach, para medir a CPU dele")
-    parser.add_argument("--servidor", default=str(comum.SERVER_SCRIPT),
-                        help="servidor.py a iniciar (padrão: o deste repositório)")
-    parser.add_argument("--rapido", action="store_true",
-                        help="configuração mínima de poucos segundos (para a CI)")
+    comum.add_server_options(parser, "PID do servidor de --attach, para medir a CPU dele")
     return parser
 
 
@@ -521,16 +511,12 @@ def main(argv: list[str] | None = None) -> int:
         summaries.append(summarize(pairs, runs))
 
     print_table(summaries, args.repeticoes)
-    print(json.dumps({
-        "bench": "relay",
-        "maquina": {"cpus": os.cpu_count(), "python": platform.python_version(),
-                    "plataforma": platform.platform()},
-        "parametros": {"pares": pair_counts, "janela": args.janela, "tamanho": args.tamanho,
-                       "duracao_s": args.duracao, "repeticoes": args.repeticoes,
-                       "processos": args.processos, "attach": args.attach},
-        "medianas": summaries,
-        "execucoes": all_runs,
-    }, ensure_ascii=False))
+    comum.print_json_line(
+        "relay",
+        {"pares": pair_counts, "janela": args.janela, "tamanho": args.tamanho,
+         "duracao_s": args.duracao, "repeticoes": args.repeticoes,
+         "processos": args.processos, "attach": args.attach},
+        summaries, all_runs)
     broken = any("falha" in r or r["perdidas"] or r["fora_de_ordem"] or r["trocadas"]
                  or r["erros"] for r in all_runs)
     return 1 if broken else 0

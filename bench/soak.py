@@ -47,21 +47,16 @@ import itertools
 import json
 import random
 import selectors
-import signal
 import socket
 import statistics
 import struct
-import subprocess
 import sys
-import threading
 import time
 from collections import Counter, defaultdict, deque
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from pathlib import Path
 
-REPO = Path(__file__).resolve().parent.parent
-SERVER_SCRIPT = REPO / "servidor.py"
+import comum
 
 # What the simulated clients do, with how many of every 100 do it.
 CHATTY, SILENT, SLOW_READER, GARBAGE, FLAPPER, FLOODER, LURKER = (
@@ -100,83 +95,22 @@ def message_text(seq: int) -> str:
 
 
 def parse_target(text: str) -> tuple[str, int]:
-    """``HOST:PORT`` on the loopback network (127.0.0.0/8) only."""
-    host, sep, port = text.rpartition(":")
-    if not sep or not port.isdecimal() or not host.startswith("127.") \
-            or not host.replace(".", "").isdecimal() or not 1 <= int(port) <= 65535:
-        raise argparse.ArgumentTypeError(f"use 127.x.y.z:PORTA, não {text!r}")
-    return host, int(port)
+    """``HOST:PORT`` on the IPv4 loopback network (127.0.0.0/8) only.
 
-
-def process_status(pid: int | None) -> dict[str, int]:
-    """Threads and VmRSS/VmHWM (KiB) of ``pid``, from /proc; empty if unknown."""
-    found: dict[str, int] = {}
-    if not pid:
-        return found
+    ``comum.loopback_target`` does the parsing; IPv6 is refused on top, because
+    the simulated clients bind source addresses 127.0.0.N.
+    """
     try:
-        with open(f"/proc/{pid}/status", encoding="ascii") as status:
-            for line in status:
-                key, _, value = line.partition(":")
-                if key in ("Threads", "VmRSS", "VmHWM"):
-                    found[key] = int(value.split()[0])
-    except OSError:
-        pass
-    return found
+        host, port = comum.loopback_target(text)
+    except ValueError:
+        host = ""
+    if not host.startswith("127."):
+        raise argparse.ArgumentTypeError(f"use 127.x.y.z:PORTA, não {text!r}")
+    return host, port
 
 
 # --------------------------------------------------------------------------
-# The server under test
-
-
-class StartedServer:
-    """``servidor.py`` as a child process on 127.0.0.1, port chosen by the kernel.
-
-    Its log is read by a thread (so the pipe never fills); ERROR lines are
-    kept, because a server that logged one has hit an unexpected exception.
-    """
-
-    def __init__(self, register_timeout: float, extra: list[str] | None = None) -> None:
-        command = [sys.executable, str(SERVER_SCRIPT), "--host", "127.0.0.1", "--port", "0",
-                   "--tempo-registro", f"{register_timeout:g}", *(extra or [])]
-        self.proc = subprocess.Popen(command, cwd=REPO, stdin=subprocess.DEVNULL,
-                                     stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
-        self.errors: list[str] = []
-        self.port: int | None = None
-        self._listening = threading.Event()
-        threading.Thread(target=self._read_log, daemon=True, name="log-servidor").start()
-        if not self._listening.wait(10.0) or self.port is None:
-            self.stop()
-            raise RuntimeError("o servidor não começou a escutar em 10 s")
-
-    @property
-    def pid(self) -> int:
-        return self.proc.pid
-
-    def _read_log(self) -> None:
-        for raw in self.proc.stderr:
-            line = raw.decode("utf-8", "replace").rstrip()
-            if self.port is None and " escutando em " in line:
-                self.port = int(line.split(" porta ")[1].split()[0])
-                self._listening.set()
-            elif " ERROR " in line:
-                self.errors.append(line)
-        self._listening.set()
-        self.proc.stderr.close()
-
-    def terminate(self, timeout: float = 3.0) -> tuple[int | None, float]:
-        """SIGTERM; returns (exit status or None if it lingered, seconds taken)."""
-        started = time.monotonic()
-        self.proc.send_signal(signal.SIGTERM)
-        try:
-            code = self.proc.wait(timeout)
-        except subprocess.TimeoutExpired:
-            code = None
-        return code, time.monotonic() - started
-
-    def stop(self) -> None:
-        if self.proc.poll() is None:
-            self.proc.kill()
-            self.proc.wait(5.0)
+# The control connection
 
 
 class ControlClient:
@@ -558,6 +492,14 @@ class Soak:
                 self.send_message(session, peer)
         self.at(self.rng.uniform(2.0, 5.0), lambda: self.flood(session))
 
+    def quit(self, session: Session) -> None:
+        if session.alive:
+            self.request(session, "SAIR", ("SAIR",))
+
+    def cancel(self, session: Session) -> None:
+        if session.alive:
+            self.request(session, "CANCELAR_REGISTRO", ("CANCELAR",))
+
     def flap(self, session: Session) -> None:
         """End this registration one way or another."""
         if not (self.acting and session.alive):
@@ -575,8 +517,7 @@ class Soak:
             self.request(session, "SAIR", ("SAIR",))
         elif session.registered:
             self.forget_registration(session)
-            self.request(session, "CANCELAR_REGISTRO", ("CANCELAR",))
-            self.register(session)
+            self.cancel(session)  # registers again once the OK comes back
             self.at(self.rng.uniform(0.5, 4.0), lambda: self.flap(session))
         else:
             self.at(0.5, lambda: self.flap(session))
@@ -740,8 +681,13 @@ class Soak:
             elif not limited:
                 self.violation(f"PING de {session.nick}: {line[:60]!r}")
         elif what in ("SAIR", "CANCELAR"):
-            if line != "OK":
+            if limited:  # the rate limit applies to leaving too: try again shortly
+                retry = self.quit if what == "SAIR" else self.cancel
+                self.at(0.2, lambda: retry(session))
+            elif line != "OK":
                 self.violation(f"{what} de {session.nick}: {line[:60]!r}")
+            elif what == "CANCELAR" and session.alive:
+                self.register(session)
         elif what == "RETORNAR" and not (line.startswith("ENCONTRADO ")
                                          or line == "NAO ENCONTRADO" or limited):
             self.violation(f"RETORNAR de {session.nick}: {line[:60]!r}")
@@ -787,7 +733,7 @@ class Soak:
         return True
 
     def sample_server(self) -> None:
-        threads = process_status(self.server_pid).get("Threads", 0)
+        threads = comum.process_status(self.server_pid).get("Threads", 0)
         self.peak_threads = max(self.peak_threads, threads)
         if self.acting:
             self.at(0.25, self.sample_server)
@@ -951,10 +897,10 @@ class Result:
 def wait_for_threads(pid: int | None, baseline: int) -> int:
     """Poll /proc until the server is back to ``baseline`` threads (bounded)."""
     deadline = time.monotonic() + THREADS_TIMEOUT
-    threads = process_status(pid).get("Threads", 0)
+    threads = comum.process_status(pid).get("Threads", 0)
     while pid and threads > baseline and time.monotonic() < deadline:
         time.sleep(0.05)
-        threads = process_status(pid).get("Threads", 0)
+        threads = comum.process_status(pid).get("Threads", 0)
     return threads
 
 
@@ -973,11 +919,12 @@ def run_soak(clients: int = 300, duration: float = 30.0, seed: int | None = None
         # limit, leaving room for reconnections the server has not yet seen close.
         sources = max(1, -(-clients // CLIENTS_PER_SOURCE))
     seed = random.randrange(1 << 30) if seed is None else seed
-    server = None if attach else StartedServer(register_timeout)
+    server = None if attach else comum.ServerUnderTest(
+        options=["--tempo-registro", f"{register_timeout:g}"], watch_log=True).start()
     try:
-        address = attach or ("127.0.0.1", server.port)
+        address = attach or (server.host, server.port)
         pid = server.pid if server else server_pid
-        before = process_status(pid)
+        before = comum.process_status(pid)
         control = ControlClient(address)
         ping_before = latency(control.ping_times(PING_SAMPLES))
         control.close()  # an idle unregistered connection would get ERRO TEMPO
@@ -994,7 +941,7 @@ def run_soak(clients: int = 300, duration: float = 30.0, seed: int | None = None
         control.close()
         elapsed = time.monotonic() - started
         threads_after = wait_for_threads(pid, before.get("Threads", 0))
-        after = process_status(pid)
+        after = comum.process_status(pid)
         violations = list(soak.violations)
         if pid and before:
             if threads_after > before["Threads"]:

@@ -1,4 +1,8 @@
-"""Helpers for the client tests: events, certificates, a scripted fake server.
+"""Helpers for the client's session tests: events, sessions, a scripted fake server.
+
+Only what is specific to ``cliente.ChatSession`` lives here; the network
+helpers shared with the server's tests (``running_server``, ``WireClient``,
+``make_certificate``, ``free_port``, ...) live in ``wire``.
 
 Every wait has a timeout, so a broken client fails a test instead of hanging
 the suite. Only 127.0.0.1 is used.
@@ -6,36 +10,15 @@ the suite. Only 127.0.0.1 is used.
 
 from __future__ import annotations
 
-import contextlib
-import ipaddress
 import queue
-import shutil
 import socket
-import subprocess
 import threading
 import time
-from collections.abc import Callable, Iterator
-from pathlib import Path
+from collections.abc import Callable
 
-import pytest
+from wire import HOST, TIMEOUT
 
 import cliente
-import servidor
-
-HOST = "127.0.0.1"
-TIMEOUT = 5.0
-
-
-@contextlib.contextmanager
-def running_server(**options: object) -> Iterator[servidor.Servidor]:
-    """A real ``Servidor`` on 127.0.0.1, a free port, no rate limit unless asked."""
-    options.setdefault("rate", 0)
-    server = servidor.Servidor(servidor.ServerConfig(host=HOST, port=0, **options))
-    server.start()
-    try:
-        yield server
-    finally:
-        server.stop()
 
 
 def wait_event(session: cliente.ChatSession, match: Callable[[object], bool] | type,
@@ -83,30 +66,6 @@ def connect(address: tuple[str, int], nick: str, **options: object) -> cliente.C
     wait_event(session, lambda e: isinstance(e, cliente.Reply)
                and isinstance(e.request, cliente.protocolo.ListUsers))
     return session
-
-
-def make_certificate(directory: Path, names: tuple[str, ...] = ("localhost", HOST),
-                     stem: str = "servidor") -> tuple[str, str]:
-    """A throwaway self-signed certificate for ``names``; skip the test without openssl."""
-    openssl = shutil.which("openssl")
-    if openssl is None:
-        pytest.skip("openssl não encontrado: instale o pacote openssl para os testes de TLS")
-    sans = []
-    for name in names:
-        try:
-            ipaddress.ip_address(name)
-        except ValueError:
-            sans.append(f"DNS:{name}")
-        else:
-            sans.append(f"IP:{name}")
-    cert, key = directory / f"{stem}.pem", directory / f"{stem}.key"
-    subprocess.run(
-        [openssl, "req", "-x509", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1",
-         "-nodes", "-days", "2", "-subj", f"/CN={names[0]}",
-         "-addext", "subjectAltName=" + ",".join(sans),
-         "-keyout", str(key), "-out", str(cert)],
-        check=True, capture_output=True, timeout=30)
-    return str(cert), str(key)
 
 
 class ScriptedServer:
@@ -166,9 +125,3 @@ class ScriptedServer:
         self._thread.join(TIMEOUT)
         self.listener.close()
 
-
-def free_port() -> int:
-    """A port nobody listens on (bound, then released)."""
-    with socket.socket() as sock:
-        sock.bind((HOST, 0))
-        return sock.getsockname()[1]

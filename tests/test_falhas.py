@@ -10,7 +10,7 @@ import socket
 import time
 
 from cliente_apoio import connect, wait_event
-from rede import LineClient, ServerProcess, running_server, wait_until
+from wire import ServerProcess, WireClient, running_server, wait_until
 
 import cliente
 
@@ -19,15 +19,15 @@ PROMPT = 1.0
 
 
 def registered(address: tuple[str, int], nick: str, *, subscribe: bool = False,
-               rcvbuf: int | None = None) -> LineClient:
-    client = LineClient(address, rcvbuf=rcvbuf)
+               rcvbuf: int | None = None) -> WireClient:
+    client = WireClient(address, rcvbuf=rcvbuf)
     assert client.request(f"REGISTRAR {nick}") == "OK"
     if subscribe:
         assert client.request("ASSINAR") == "OK"
     return client
 
 
-def assert_pair_works(sender: LineClient, recipient: LineClient, recipient_nick: str,
+def assert_pair_works(sender: WireClient, recipient: WireClient, recipient_nick: str,
                       text: str) -> float:
     """A message goes through; returns the round trip, which must be prompt."""
     started = time.monotonic()
@@ -68,7 +68,7 @@ def test_reset_while_the_server_has_output_queued_for_it():
         assert ana.read_line() == "ENTROU bia"
         # bia never reads: the kernel buffers fill and the server queues the rest.
         text = "x" * 4000
-        carla.send_bytes(f"ENVIAR bia {text}\n".encode() * 2000)
+        carla.send(f"ENVIAR bia {text}\n".encode() * 2000)
         assert [carla.read_line() for _ in range(2000)] == ["OK"] * 2000
         (connection,) = [c for c in server.connections() if c.nick == "bia"]
         assert connection.outbox.pending > 0
@@ -81,10 +81,10 @@ def test_reset_while_the_server_has_output_queued_for_it():
 def test_half_closed_client_still_gets_its_replies():
     """A client that sends its requests and shuts its side down gets every reply, then EOF."""
     with running_server() as server, registered(server.address, "ana", subscribe=True) as ana, \
-            LineClient(server.address) as bia:
-        bia.send_bytes(b"REGISTRAR bia\nLISTAR\nENVIAR ana tchau\n")
+            WireClient(server.address) as bia:
+        bia.send(b"REGISTRAR bia\nLISTAR\nENVIAR ana tchau\n")
         bia.sock.shutdown(socket.SHUT_WR)
-        lines = bia.read_until_eof()
+        lines = bia.expect_eof()
         assert lines[0] == "OK" and lines[1] == "USUARIOS 2" and lines[-1] == "OK", lines
         assert [ana.read_line() for _ in range(3)] == ["ENTROU bia", "MSG bia ana tchau",
                                                        "SAIU bia"]
@@ -108,7 +108,7 @@ def test_peer_that_stops_reading_does_not_slow_anybody_else():
             # to 4 MiB) and the 256 KiB bound, checking between rounds of 200 KB
             # that carla and dani are still served promptly.
             for _ in range(60):
-                carla.send_bytes(f"ENVIAR bia {text}\n".encode() * 50)
+                carla.send(f"ENVIAR bia {text}\n".encode() * 50)
                 replies += [carla.read_line() for _ in range(50)]
                 if replies[-1] != "OK":
                     break
@@ -140,7 +140,7 @@ def test_peer_whose_window_stays_shut_is_dropped_by_the_send_timeout():
         try:
             # Several MiB: far beyond what the kernel buffers take, far below max_pending.
             text = "z" * 4000
-            carla.send_bytes(f"ENVIAR bia {text}\n".encode() * 2000)
+            carla.send(f"ENVIAR bia {text}\n".encode() * 2000)
             replies = [carla.read_line() for _ in range(2000)]
             # Once bia is dropped, the rest find nobody: nothing else may happen.
             assert replies[0] == "OK"
@@ -162,15 +162,15 @@ def test_peer_whose_window_stays_shut_is_dropped_by_the_send_timeout():
 def test_server_killed_with_sigkill_then_restarted_on_the_same_port():
     with ServerProcess() as server:
         clients = [registered(server.address, f"u{i}", subscribe=i == 0) for i in range(5)]
-        idle = LineClient(server.address)
+        idle = WireClient(server.address)
         assert idle.request("PING ok") == "PONG ok"
-        clients[1].send_bytes(b"ENVIAR u2 " + b"k" * 1000 + b"\n")  # traffic in flight
+        clients[1].send(b"ENVIAR u2 " + b"k" * 1000 + b"\n")  # traffic in flight
         port = server.port
         started = time.monotonic()
         server.proc.send_signal(signal.SIGKILL)
         assert server.proc.wait(5.0) == -signal.SIGKILL
         for client in [*clients, idle]:
-            client.read_until_eof(timeout=PROMPT * 2)  # EOF or reset, whatever was pending
+            client.expect_eof(timeout=PROMPT * 2)  # EOF or reset, whatever was pending
             client.close()
         assert time.monotonic() - started < PROMPT * 2
 

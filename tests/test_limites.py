@@ -14,7 +14,7 @@ import threading
 import time
 
 import pytest
-from rede import LineClient, running_server, wait_until
+from wire import WireClient, running_server, wait_until
 
 import servidor
 
@@ -22,31 +22,31 @@ import servidor
 # Connections per address and in total (LOTADO)
 
 
-def assert_refused(client: LineClient) -> None:
+def assert_refused(client: WireClient) -> None:
     """The server sent exactly one ``ERRO LOTADO`` line and closed."""
-    lines = client.read_until_eof()
+    lines = client.expect_eof()
     assert len(lines) == 1 and lines[0].startswith("ERRO LOTADO "), lines
 
 
-def assert_served(client: LineClient) -> None:
+def assert_served(client: WireClient) -> None:
     assert client.request("PING ok") == "PONG ok"
 
 
 def test_max_por_ip_refuses_the_extra_connection_from_one_address():
     with running_server(max_per_ip=2) as server:
-        first = LineClient(server.address, source_ip="127.0.0.2")
-        second = LineClient(server.address, source_ip="127.0.0.2")
+        first = WireClient(server.address, source_ip="127.0.0.2")
+        second = WireClient(server.address, source_ip="127.0.0.2")
         assert_served(first)
         assert_served(second)
-        with LineClient(server.address, source_ip="127.0.0.2") as third:
+        with WireClient(server.address, source_ip="127.0.0.2") as third:
             assert_refused(third)
         # Another address has its own count.
-        with LineClient(server.address, source_ip="127.0.0.3") as other:
+        with WireClient(server.address, source_ip="127.0.0.3") as other:
             assert_served(other)
             # The refusal did not take a slot; a departure frees one.
             first.close()
             wait_until(lambda: server.connection_count == 2, what="o servidor notar o close")
-            with LineClient(server.address, source_ip="127.0.0.2") as again:
+            with WireClient(server.address, source_ip="127.0.0.2") as again:
                 assert_served(again)
             assert_served(second)
         second.close()
@@ -55,7 +55,7 @@ def test_max_por_ip_refuses_the_extra_connection_from_one_address():
 def test_max_por_ip_zero_means_no_limit():
     count = servidor.ServerConfig().max_per_ip + 6  # more than the default allows
     with running_server(max_per_ip=0) as server:
-        clients = [LineClient(server.address, source_ip="127.0.0.4") for _ in range(count)]
+        clients = [WireClient(server.address, source_ip="127.0.0.4") for _ in range(count)]
         try:
             for client in clients:
                 assert_served(client)
@@ -66,15 +66,15 @@ def test_max_por_ip_zero_means_no_limit():
 
 def test_max_clientes_refuses_past_the_total_and_recovers():
     with running_server(max_clients=2, max_per_ip=0) as server:
-        first = LineClient(server.address, source_ip="127.0.0.2")
-        second = LineClient(server.address, source_ip="127.0.0.3")
+        first = WireClient(server.address, source_ip="127.0.0.2")
+        second = WireClient(server.address, source_ip="127.0.0.3")
         assert_served(first)
         assert_served(second)
-        with LineClient(server.address, source_ip="127.0.0.5") as third:
+        with WireClient(server.address, source_ip="127.0.0.5") as third:
             assert_refused(third)
         second.close()
         wait_until(lambda: server.connection_count == 1, what="o servidor notar o close")
-        with LineClient(server.address, source_ip="127.0.0.5") as fourth:
+        with WireClient(server.address, source_ip="127.0.0.5") as fourth:
             assert_served(fourth)
         assert_served(first)
         first.close()
@@ -83,20 +83,20 @@ def test_max_clientes_refuses_past_the_total_and_recovers():
 def test_refused_client_that_spoke_first_still_reads_lotado():
     """A client that sends REGISTRAR before reading still gets the LOTADO line."""
     with running_server(max_per_ip=1) as server, \
-            LineClient(server.address, source_ip="127.0.0.2") as first:
+            WireClient(server.address, source_ip="127.0.0.2") as first:
         assert_served(first)
         for _ in range(10):
-            with LineClient(server.address, source_ip="127.0.0.2") as eager:
-                eager.send_bytes(b"REGISTRAR ana\nLISTAR\n")
+            with WireClient(server.address, source_ip="127.0.0.2") as eager:
+                eager.send(b"REGISTRAR ana\nLISTAR\n")
                 assert_refused(eager)
 
 
 def test_refused_connection_does_not_disturb_a_registered_user():
     with running_server(max_per_ip=1) as server, \
-            LineClient(server.address, source_ip="127.0.0.2") as ana:
+            WireClient(server.address, source_ip="127.0.0.2") as ana:
         assert ana.request("REGISTRAR ana") == "OK"
         for _ in range(5):
-            with LineClient(server.address, source_ip="127.0.0.2") as extra:
+            with WireClient(server.address, source_ip="127.0.0.2") as extra:
                 assert_refused(extra)
         assert ana.request("RETORNAR ana").startswith("ENCONTRADO 127.0.0.2 ")
 
@@ -114,12 +114,12 @@ def test_connection_dropped_when_no_thread_can_be_started(monkeypatch):
 
     with running_server(max_per_ip=1) as server:
         monkeypatch.setattr(threading.Thread, "start", start_or_fail)
-        with LineClient(server.address, source_ip="127.0.0.2") as doomed:
-            assert doomed.read_until_eof() == []
+        with WireClient(server.address, source_ip="127.0.0.2") as doomed:
+            assert doomed.expect_eof() == []
         monkeypatch.undo()
         assert failures
         # Its per-address slot was given back and the accept loop still runs.
-        with LineClient(server.address, source_ip="127.0.0.2") as client:
+        with WireClient(server.address, source_ip="127.0.0.2") as client:
             assert_served(client)
         assert server.connection_count <= 1
 
@@ -131,24 +131,24 @@ def test_connection_dropped_when_no_thread_can_be_started(monkeypatch):
 def test_request_over_the_rate_is_refused_and_not_carried_out():
     # Burst of 4 and a refill so slow it never matters within the test.
     with running_server(rate=0.001, burst=4) as server, \
-            LineClient(server.address) as ana, LineClient(server.address) as bia:
+            WireClient(server.address) as ana, WireClient(server.address) as bia:
         assert ana.request("REGISTRAR ana") == "OK"
         assert bia.request("REGISTRAR bia") == "OK"
-        ana.send_bytes(b"ENVIAR bia m1\nENVIAR bia m2\nENVIAR bia m3\n"
+        ana.send(b"ENVIAR bia m1\nENVIAR bia m2\nENVIAR bia m3\n"
                        b"ENVIAR bia m4\nREGISTRAR ana2\n")
         replies = [ana.read_line() for _ in range(5)]
         assert replies[:3] == ["OK", "OK", "OK"]
         assert replies[3].startswith("ERRO LIMITE ")
         assert replies[4].startswith("ERRO LIMITE ")
         # bia has used one token: the barrier PING is her second.
-        assert bia.ping_barrier() == ["MSG ana bia m1", "MSG ana bia m2", "MSG ana bia m3"]
+        assert bia.barrier() == ["MSG ana bia m1", "MSG ana bia m2", "MSG ana bia m3"]
         # The refused REGISTRAR was not carried out either (RETORNAR from bia, who has tokens).
         assert bia.request("RETORNAR ana2") == "NAO ENCONTRADO"
 
 
 def test_rate_refills_over_time():
-    with running_server(rate=50, burst=2) as server, LineClient(server.address) as ana:
-        ana.send_bytes(b"PING 1\nPING 2\nPING 3\n")
+    with running_server(rate=50, burst=2) as server, WireClient(server.address) as ana:
+        ana.send(b"PING 1\nPING 2\nPING 3\n")
         assert [ana.read_line() for _ in range(3)][:2] == ["PONG 1", "PONG 2"]
         # At 50 tokens/s a new one is due within 20 ms; a refused PING costs nothing.
         deadline = time.monotonic() + 2.0
@@ -157,17 +157,17 @@ def test_rate_refills_over_time():
 
 
 def test_blank_lines_are_neither_answered_nor_counted():
-    with running_server(rate=0.001, burst=2) as server, LineClient(server.address) as ana:
-        ana.send_bytes(b"PING a\n\n   \r\n\n\n\nPING b\nPING c\n")
+    with running_server(rate=0.001, burst=2) as server, WireClient(server.address) as ana:
+        ana.send(b"PING a\n\n   \r\n\n\n\nPING b\nPING c\n")
         assert ana.read_line() == "PONG a"
         assert ana.read_line() == "PONG b"
         assert ana.read_line().startswith("ERRO LIMITE ")
 
 
 def test_rate_zero_disables_the_limit():
-    with running_server(rate=0, burst=1) as server, LineClient(server.address) as ana:
+    with running_server(rate=0, burst=1) as server, WireClient(server.address) as ana:
         count = 2000
-        ana.send_bytes(b"".join(b"PING %d\n" % i for i in range(count)))
+        ana.send(b"".join(b"PING %d\n" % i for i in range(count)))
         assert [ana.read_line() for _ in range(count)] == [f"PONG {i}" for i in range(count)]
 
 
@@ -175,8 +175,8 @@ def test_default_rate_lets_a_person_type_freely():
     """A generous default: a burst of 100 and 20 per second never gets in the way."""
     defaults = servidor.ServerConfig()
     assert defaults.rate >= 10 and defaults.burst >= 50
-    with running_server() as server, LineClient(server.address) as ana:
-        ana.send_bytes(b"".join(b"PING %d\n" % i for i in range(defaults.burst)))
+    with running_server() as server, WireClient(server.address) as ana:
+        ana.send(b"".join(b"PING %d\n" % i for i in range(defaults.burst)))
         assert [ana.read_line() for _ in range(defaults.burst)] == [
             f"PONG {i}" for i in range(defaults.burst)]
 
@@ -187,8 +187,8 @@ def test_default_rate_lets_a_person_type_freely():
 TEMPO = 0.3
 
 
-def assert_cut_by_tempo(client: LineClient, started: float, tempo: float = TEMPO) -> None:
-    lines = client.read_until_eof(timeout=tempo + 3)
+def assert_cut_by_tempo(client: WireClient, started: float, tempo: float = TEMPO) -> None:
+    lines = client.expect_eof(timeout=tempo + 3)
     elapsed = time.monotonic() - started
     assert len(lines) == 1 and lines[0].startswith("ERRO TEMPO "), lines
     assert tempo * 0.9 <= elapsed < tempo + 2.0, elapsed
@@ -197,7 +197,7 @@ def assert_cut_by_tempo(client: LineClient, started: float, tempo: float = TEMPO
 def test_idle_unregistered_connection_gets_tempo_and_is_closed():
     with running_server(register_timeout=TEMPO) as server:
         started = time.monotonic()
-        with LineClient(server.address) as idle:
+        with WireClient(server.address) as idle:
             assert_cut_by_tempo(idle, started)
         wait_until(lambda: server.connection_count == 0)
 
@@ -205,7 +205,7 @@ def test_idle_unregistered_connection_gets_tempo_and_is_closed():
 def test_slow_loris_without_a_line_feed_is_cut_too():
     """Bytes trickling in, never a whole line, do not reset the clock."""
     with running_server(register_timeout=TEMPO) as server, \
-            LineClient(server.address) as loris:
+            WireClient(server.address) as loris:
         started = time.monotonic()
         sent = 0
         while time.monotonic() - started < TEMPO + 3:
@@ -214,7 +214,7 @@ def test_slow_loris_without_a_line_feed_is_cut_too():
             if readable:
                 break
             try:
-                loris.send_bytes(b"R")
+                loris.send(b"R")
             except OSError:
                 break
             sent += 1
@@ -225,16 +225,16 @@ def test_slow_loris_without_a_line_feed_is_cut_too():
 def test_complete_lines_restart_the_clock_and_registered_connections_stay():
     tempo = 0.6  # PINGs 0.1 s apart leave half a second of slack on a busy machine
     with running_server(register_timeout=tempo) as server, \
-            LineClient(server.address) as ana, LineClient(server.address) as idle:
+            WireClient(server.address) as ana, WireClient(server.address) as idle:
         started = time.monotonic()
         # Complete lines keep an unregistered connection open for two bounds.
         while time.monotonic() - started < 2 * tempo:
             assert ana.request("PING vivo") == "PONG vivo"
-            assert ana.nothing_within(0.1)
+            ana.assert_silent(0.1)
         assert_cut_by_tempo(idle, started, tempo)
         assert ana.request("REGISTRAR ana") == "OK"
         # Registered: well past the bound, still served.
-        assert ana.nothing_within(1.5 * tempo)
+        ana.assert_silent(1.5 * tempo)
         assert ana.request("PING ainda") == "PONG ainda"
         # Cancelling the registration starts the clock again.
         assert ana.request("CANCELAR_REGISTRO") == "OK"
@@ -242,8 +242,8 @@ def test_complete_lines_restart_the_clock_and_registered_connections_stay():
 
 
 def test_tempo_zero_disables_the_bound():
-    with running_server(register_timeout=0) as server, LineClient(server.address) as idle:
-        assert idle.nothing_within(3 * TEMPO)
+    with running_server(register_timeout=0) as server, WireClient(server.address) as idle:
+        idle.assert_silent(3 * TEMPO)
         assert idle.request("PING ok") == "PONG ok"
 
 
@@ -252,7 +252,7 @@ def test_tempo_zero_disables_the_bound():
 
 
 def test_keepalive_is_enabled_and_tuned_on_accepted_sockets():
-    with running_server() as server, LineClient(server.address) as ana:
+    with running_server() as server, WireClient(server.address) as ana:
         assert ana.request("PING ok") == "PONG ok"
         (connection,) = wait_until(server.connections)
         sock = connection.sock

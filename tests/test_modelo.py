@@ -28,7 +28,7 @@ from hypothesis.stateful import (
     precondition,
     rule,
 )
-from rede import LineClient, wait_until
+from wire import WireClient, wait_until
 
 import servidor
 
@@ -66,7 +66,7 @@ class Client:
     """The model of one connection, with the real socket that carries it."""
 
     name: str
-    wire: LineClient
+    wire: WireClient
     nick: str | None = None
     relay: bool = False
     subscribed: bool = False
@@ -105,7 +105,7 @@ class ChatModel(RuleBasedStateMachine):
 
     def reply(self, client: Client, line: str) -> str:
         """Send ``line``; return its one-line reply, setting pushes aside."""
-        client.wire.send(line)
+        client.wire.send_line(line)
         return self.read_reply(client)
 
     def read_reply(self, client: Client) -> str:
@@ -155,7 +155,7 @@ class ChatModel(RuleBasedStateMachine):
     @precondition(lambda self: len(self.clients) < MAX_CLIENTS)
     @rule()
     def connect(self) -> None:
-        wire = LineClient(self.server.address)
+        wire = WireClient(self.server.address)
         ip, port = wire.local_address
         self.clients.append(Client(f"c{self.serial}", wire, ip=ip, port=port))
         self.serial += 1
@@ -282,7 +282,7 @@ class ChatModel(RuleBasedStateMachine):
         assert got == "OK", got
         if client.nick is not None:
             self.unregister(client)
-        assert client.wire.read_until_eof() == []
+        assert client.wire.expect_eof() == []
         assert client.received == client.expected
         self.drop(client)
 
@@ -318,7 +318,7 @@ class ChatModel(RuleBasedStateMachine):
     @invariant()
     def every_client_got_exactly_its_pushes(self) -> None:
         for client in self.clients:
-            client.received += client.wire.ping_barrier()
+            client.received += client.wire.barrier()
             assert client.received == client.expected, client.name
             client.received.clear()
             client.expected.clear()

@@ -12,19 +12,16 @@ nicknames, security, concurrency, life cycle.
 from __future__ import annotations
 
 import contextlib
-import queue
 import re
 import signal
 import socket
-import subprocess
-import sys
 import threading
 import time
 import types
 from pathlib import Path
 
 import pytest
-from wire import HOST, TIMEOUT, WireClient, wait_until
+from wire import HOST, TIMEOUT, ServerProcess, WireClient, wait_until
 
 import servidor
 
@@ -1044,53 +1041,9 @@ def test_context_manager_starts_and_stops(connect):
     assert client.expect_eof() == []
 
 
-class ServerProcess:
-    """``servidor.py`` in a subprocess; the port is read from its log on stderr."""
-
-    LISTENING = re.compile(r"servidor escutando em (.+) porta (\d+)")
-
-    def __init__(self, *args: str) -> None:
-        self.proc = subprocess.Popen(
-            [sys.executable, str(ROOT / "servidor.py"), *args],
-            cwd=ROOT, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
-            stderr=subprocess.PIPE, text=True, encoding="utf-8", errors="replace")
-        self.log: list[str] = []
-        self._lines: queue.Queue[str | None] = queue.Queue()
-        # Drain stderr all along, or a full pipe would block the server's logging.
-        self._reader = threading.Thread(target=self._read_log, daemon=True)
-        self._reader.start()
-
-    def _read_log(self) -> None:
-        for line in self.proc.stderr:
-            self.log.append(line)
-            self._lines.put(line)
-        self._lines.put(None)
-
-    def wait_for_port(self, timeout: float = 10.0) -> int:
-        deadline = time.monotonic() + timeout
-        while True:
-            try:
-                line = self._lines.get(timeout=max(0.0, deadline - time.monotonic()))
-            except queue.Empty:
-                raise AssertionError(f"no listening line in {timeout:g} s: {self.log}") from None
-            if line is None:
-                raise AssertionError(f"server exited early: {self.log}")
-            match = self.LISTENING.search(line)
-            if match:
-                return int(match.group(2))
-
-    def kill(self) -> None:
-        if self.proc.poll() is None:
-            self.proc.kill()
-            self.proc.wait(TIMEOUT)
-        self._reader.join(TIMEOUT)
-        self.proc.stderr.close()
-
-
 def test_subprocess_exits_0_within_3_s_on_sigterm_with_clients(connect):
-    process = ServerProcess("--host", HOST, "--port", "0", "--taxa", "0")
-    try:
-        port = process.wait_for_port()
+    with ServerProcess("--taxa", "0") as process:
+        port = process.port
 
         target = types.SimpleNamespace(address=(HOST, port))
         watcher = connect(target)
@@ -1123,16 +1076,10 @@ def test_subprocess_exits_0_within_3_s_on_sigterm_with_clients(connect):
         for client in (ana, partial, idle):
             assert client.expect_eof() == []
         assert all(line.startswith("SAIU ") for line in watcher.expect_eof())
-    finally:
-        process.kill()
     assert any("encerrado" in line for line in process.log), process.log
 
 
 def test_subprocess_exits_0_on_sigint(connect):
-    process = ServerProcess("--host", HOST, "--port", "0")
-    try:
-        process.wait_for_port()
+    with ServerProcess() as process:
         process.proc.send_signal(signal.SIGINT)
         assert process.proc.wait(timeout=3.0) == 0, process.log
-    finally:
-        process.kill()

@@ -19,7 +19,13 @@ SOAK_PATH = Path(__file__).resolve().parent.parent / "bench" / "soak.py"
 
 
 def load_soak():
-    """``bench/`` is not a package: load the script as a module by its path."""
+    """``bench/`` is not a package: load the script as a module by its path.
+
+    Its directory goes on ``sys.path`` first, as when it runs as a script, so
+    its ``import comum`` finds ``bench/comum.py``.
+    """
+    if str(SOAK_PATH.parent) not in sys.path:
+        sys.path.insert(0, str(SOAK_PATH.parent))
     spec = importlib.util.spec_from_file_location("soak", SOAK_PATH)
     module = importlib.util.module_from_spec(spec)
     sys.modules["soak"] = module  # dataclasses look their module up while it loads

@@ -9,40 +9,30 @@ from __future__ import annotations
 
 import contextlib
 import select
-import shutil
 import signal
 import socket
 import ssl
 import subprocess
 import sys
 import time
-from pathlib import Path
 
 import pytest
-from rede import REPO, TIMEOUT, LineClient, ServerProcess, running_server, wait_until
+from wire import (
+    REPO,
+    TIMEOUT,
+    ServerProcess,
+    WireClient,
+    make_certificate,
+    running_server,
+    wait_until,
+)
 
 import servidor
 
 
-def make_certificate(directory: Path, name: str) -> tuple[str, str]:
-    """A self-signed certificate for ``localhost`` and 127.0.0.1, and its key."""
-    cert, key = directory / f"{name}.pem", directory / f"{name}-chave.pem"
-    result = subprocess.run(
-        ["openssl", "req", "-x509", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1",
-         "-nodes", "-days", "2", "-subj", "/CN=localhost",
-         "-addext", "subjectAltName=DNS:localhost,IP:127.0.0.1",
-         "-keyout", str(key), "-out", str(cert)],
-        capture_output=True, text=True, timeout=30, check=False)
-    if result.returncode != 0:
-        pytest.skip(f"openssl não conseguiu gerar o certificado: {result.stderr.strip()[-200:]}")
-    return str(cert), str(key)
-
-
 @pytest.fixture(scope="module")
 def certificate(tmp_path_factory: pytest.TempPathFactory) -> tuple[str, str]:
-    if shutil.which("openssl") is None:
-        pytest.skip("o comando openssl não está instalado; não há como gerar o certificado")
-    return make_certificate(tmp_path_factory.mktemp("tls"), "servidor")
+    return make_certificate(tmp_path_factory.mktemp("tls"), stem="servidor")
 
 
 @pytest.fixture
@@ -58,7 +48,7 @@ def tls_server(certificate: tuple[str, str], **options: object):
 def timed_session(address: tuple[str, int], context: ssl.SSLContext, nick: str) -> float:
     """Seconds a fresh TLS client takes to connect, register and get a PONG."""
     started = time.monotonic()
-    with LineClient(address, tls=context) as client:
+    with WireClient(address, tls=context) as client:
         assert client.request(f"REGISTRAR {nick}") == "OK"
         assert client.request("PING ok") == "PONG ok"
     return time.monotonic() - started
@@ -187,14 +177,14 @@ class BioClient:
 
 def test_tls_clients_register_list_and_relay(certificate, client_context):
     with tls_server(certificate, rate=0) as server, \
-            LineClient(server.address, tls=client_context) as ana, \
-            LineClient(server.address, tls=client_context) as bia:
+            WireClient(server.address, tls=client_context) as ana, \
+            WireClient(server.address, tls=client_context) as bia:
         assert ana.sock.version() in ("TLSv1.2", "TLSv1.3")
         assert ana.request("REGISTRAR ana") == "OK"
         assert ana.request("ASSINAR") == "OK"
         assert bia.request("REGISTRAR Bia") == "OK"
         assert ana.read_line() == "ENTROU Bia"
-        bia.send("LISTAR")
+        bia.send_line("LISTAR")
         port_ana, port_bia = ana.local_address[1], bia.local_address[1]
         assert [bia.read_line() for _ in range(4)] == [
             "USUARIOS 2", f"USUARIO ana 127.0.0.1 {port_ana}",
@@ -203,17 +193,17 @@ def test_tls_clients_register_list_and_relay(certificate, client_context):
         assert ana.read_line() == "MSG Bia ana oi, tudo bem? ção"
         # A burst large enough to span many TLS records both ways.
         texts = [f"mensagem {i} " + "x" * 500 for i in range(200)]
-        ana.send_bytes("".join(f"ENVIAR bia {text}\n" for text in texts).encode())
+        ana.send("".join(f"ENVIAR bia {text}\n" for text in texts).encode())
         assert [ana.read_line() for _ in texts] == ["OK"] * len(texts)
         assert [bia.read_line() for _ in texts] == [f"MSG ana Bia {text}" for text in texts]
         assert bia.request("SAIR") == "OK"
-        assert bia.read_until_eof() == []
+        assert bia.expect_eof() == []
         assert ana.read_line() == "SAIU Bia"
 
 
 def test_certificate_checked_by_ip_address_too(certificate, client_context):
     with tls_server(certificate) as server, \
-            LineClient(server.address, tls=client_context, server_hostname="127.0.0.1") as ana:
+            WireClient(server.address, tls=client_context, server_hostname="127.0.0.1") as ana:
         assert ana.request("PING ip") == "PONG ip"
 
 
@@ -221,18 +211,18 @@ def test_client_that_does_not_trust_the_certificate_fails(certificate, client_co
     with tls_server(certificate) as server:
         system_store = ssl.create_default_context()  # does not know our self-signed cert
         with pytest.raises(ssl.SSLCertVerificationError):
-            LineClient(server.address, tls=system_store)
+            WireClient(server.address, tls=system_store)
         with pytest.raises(ssl.SSLCertVerificationError, match=r"[Hh]ostname|match"):
-            LineClient(server.address, tls=client_context, server_hostname="outra.maquina")
+            WireClient(server.address, tls=client_context, server_hostname="outra.maquina")
         assert timed_session(server.address, client_context, "ana") < 2.0
         wait_until(lambda: server.connection_count == 0)
 
 
 def test_certificate_from_another_ca_is_refused(certificate, tmp_path):
-    other_cert, _ = make_certificate(tmp_path, "outra")
+    other_cert, _ = make_certificate(tmp_path, stem="outra")
     stranger = ssl.create_default_context(cafile=other_cert)
     with tls_server(certificate) as server, pytest.raises(ssl.SSLCertVerificationError):
-        LineClient(server.address, tls=stranger)
+        WireClient(server.address, tls=stranger)
 
 
 # --------------------------------------------------------------------------
@@ -240,8 +230,8 @@ def test_certificate_from_another_ca_is_refused(certificate, tmp_path):
 
 
 def test_plain_tcp_client_on_the_tls_port_is_dropped(certificate, client_context):
-    with tls_server(certificate) as server, LineClient(server.address) as plain:
-        plain.send("REGISTRAR ana")
+    with tls_server(certificate) as server, WireClient(server.address) as plain:
+        plain.send_line("REGISTRAR ana")
         read_raw_until_closed(plain.sock, timeout=3.0)  # maybe a TLS alert, then EOF
         assert timed_session(server.address, client_context, "ana") < 2.0
         wait_until(lambda: server.connection_count == 0)
@@ -331,15 +321,15 @@ def test_request_sent_together_with_the_clients_finished_is_answered(certificate
 
 def test_lotado_over_tls_closes_without_a_line(certificate, client_context):
     with tls_server(certificate, max_clients=1) as server, \
-            LineClient(server.address, tls=client_context) as ana:
+            WireClient(server.address, tls=client_context) as ana:
         assert ana.request("PING ok") == "PONG ok"
         with pytest.raises((ssl.SSLError, ConnectionError)):
-            LineClient(server.address, tls=client_context)
+            WireClient(server.address, tls=client_context)
         assert ana.request("PING ainda") == "PONG ainda"
 
 
 def test_keepalive_on_tls_connections(certificate, client_context):
-    with tls_server(certificate) as server, LineClient(server.address, tls=client_context) as ana:
+    with tls_server(certificate) as server, WireClient(server.address, tls=client_context) as ana:
         assert ana.request("PING ok") == "PONG ok"
         (connection,) = wait_until(server.connections)
         assert connection.sock.getsockopt(socket.SOL_SOCKET, socket.SO_KEEPALIVE) == 1
@@ -353,11 +343,11 @@ def test_command_line_tls_server(certificate, client_context):
     cert, key = certificate
     with ServerProcess("--tls-cert", cert, "--tls-key", key) as server:
         assert "(TLS)" in server.listening_line
-        with LineClient(server.address, tls=client_context) as ana:
+        with WireClient(server.address, tls=client_context) as ana:
             assert ana.request("REGISTRAR ana") == "OK"
             assert ana.request("PING cli") == "PONG cli"
             server.proc.send_signal(signal.SIGTERM)
-            assert ana.read_until_eof(timeout=3.0) == []
+            assert ana.expect_eof(timeout=3.0) == []
         assert server.proc.wait(3.0) == 0
 
 
