@@ -251,7 +251,7 @@ def describe_send_error(result: Result, nick: str) -> str:
 
 def clean_message_text(text: str) -> str:
     """The text as it can go on the wire: line breaks and control characters become spaces."""
-    return "".join(" " if (ch < " " and ch != "\t") or ch == "\x7f" else ch for ch in text)
+    return protocolo.without_control_characters(text)
 
 
 def message_too_long(nick: str, text: str) -> bool:
@@ -448,7 +448,7 @@ class ChatSession:
         context = _tls_context(self._tls_ca) if self.tls else None
         sock = socket.create_connection((self.host, self.port), timeout=self.connect_timeout)
         try:
-            _enable_keepalive(sock)
+            protocolo.enable_keepalive(sock)
             if context is not None:
                 sock = context.wrap_socket(sock, server_hostname=self.host)
             sock.setblocking(False)
@@ -642,16 +642,6 @@ def _tls_context(tls_ca: str | None) -> ssl.SSLContext:
     except (ssl.SSLError, OSError) as exc:
         raise CaFileError(f"Arquivo de CA inválido ({tls_ca}): não contém um certificado "
                           f"PEM legível ({exc.strerror or exc}).") from None
-
-
-def _enable_keepalive(sock: socket.socket) -> None:
-    """TCP keepalive, so a server that vanished is noticed within minutes."""
-    sock.setsockopt(socket.SOL_SOCKET, socket.SO_KEEPALIVE, 1)
-    for name, value in (("TCP_KEEPIDLE", 60), ("TCP_KEEPINTVL", 10), ("TCP_KEEPCNT", 5)):
-        option = getattr(socket, name, None)
-        if option is not None:
-            with contextlib.suppress(OSError):
-                sock.setsockopt(socket.IPPROTO_TCP, option, value)
 
 
 # --------------------------------------------------------------------------

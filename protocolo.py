@@ -11,16 +11,20 @@ tests and the benchmarks all agree on every byte:
 * requests (client -> server): ``parse_request`` turns a line into a typed
   value, and ``format_request`` does the reverse;
 * replies and pushes (server -> client): the ``format_*`` functions and the
-  pre-encoded constants build them, ``parse_server_line`` reads them back.
+  pre-encoded constants build them, ``parse_server_line`` reads them back;
+* ``enable_keepalive``, the one exception to "no sockets": it only sets
+  options on a socket it is given, so both ends probe idle peers alike.
 
 The contract itself is ``docs/protocolo.md``.
 """
 
 from __future__ import annotations
 
+import contextlib
 import enum
 import ipaddress
 import re
+import socket
 from collections.abc import Iterator
 from dataclasses import dataclass
 
@@ -35,6 +39,10 @@ MAX_SERVER_LINE_BYTES = 8192
 DEFAULT_MAX_PENDING_BYTES = 1024 * 1024
 """Default bound on a connection's queued, unsent output in the server."""
 MAX_NICK_CHARS = 32
+KEEPALIVE_IDLE_S = 60
+KEEPALIVE_INTERVAL_S = 10
+KEEPALIVE_PROBES = 5
+"""TCP keepalive: a peer that vanished is noticed in about two minutes."""
 ENCODING = "utf-8"
 
 _NICK_RE = re.compile(rf"[\w.-]{{1,{MAX_NICK_CHARS}}}")
@@ -93,6 +101,27 @@ def valid_nick(nick: str) -> bool:
 def nick_key(nick: str) -> str:
     """The registry key of a nickname: uniqueness is case-insensitive."""
     return nick.casefold()
+
+
+def without_control_characters(text: str, replacement: str = " ") -> str:
+    """``text`` with every character ENVIAR refuses replaced by ``replacement``.
+
+    For clients: a pasted line break or terminal escape becomes a space
+    instead of a refused message. The rule itself is ``_CONTROL_RE``.
+    """
+    return _CONTROL_RE.sub(replacement, text)
+
+
+def enable_keepalive(sock: socket.socket) -> None:
+    """Turn on TCP keepalive with the timings above, where the OS allows them."""
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_KEEPALIVE, 1)
+    for name, value in (("TCP_KEEPIDLE", KEEPALIVE_IDLE_S),
+                        ("TCP_KEEPINTVL", KEEPALIVE_INTERVAL_S),
+                        ("TCP_KEEPCNT", KEEPALIVE_PROBES)):
+        option = getattr(socket, name, None)
+        if option is not None:
+            with contextlib.suppress(OSError):
+                sock.setsockopt(socket.IPPROTO_TCP, option, value)
 
 
 def valid_ip(text: str) -> bool:

@@ -108,16 +108,6 @@ def _set_kernel_timeout(sock: socket.socket, option: int, seconds: float) -> Non
     sock.setsockopt(socket.SOL_SOCKET, option, struct.pack("ll", whole, micros))
 
 
-def _enable_keepalive(sock: socket.socket) -> None:
-    """Probe idle peers so a vanished laptop is noticed in about two minutes."""
-    sock.setsockopt(socket.SOL_SOCKET, socket.SO_KEEPALIVE, 1)
-    for name, value in (("TCP_KEEPIDLE", 60), ("TCP_KEEPINTVL", 10), ("TCP_KEEPCNT", 5)):
-        option = getattr(socket, name, None)
-        if option is not None:
-            with contextlib.suppress(OSError):
-                sock.setsockopt(socket.IPPROTO_TCP, option, value)
-
-
 def _plain_ip(ip: str) -> str:
     """Show an IPv4 client of a dual-stack socket as IPv4 (``::ffff:1.2.3.4``)."""
     if ip.startswith("::ffff:") and "." in ip:
@@ -986,7 +976,7 @@ class Servidor:
             try:
                 sock.setblocking(True)
                 sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-                _enable_keepalive(sock)
+                protocolo.enable_keepalive(sock)
                 _set_kernel_timeout(sock, socket.SO_SNDTIMEO, self.config.send_timeout)
                 connection = ClientConnection(self, sock, ip, port)
             except OSError as exc:  # the peer reset before we got to it
