@@ -506,6 +506,10 @@ def test_register_errors_read_as_plain_portuguese():
 
 def test_message_text_is_cleaned_and_bounded():
     assert cliente.clean_message_text("a\nb\r\nc\x1b[31md\x7f\te") == "a b  c [31md \te"
+    # Whatever the client lets through, the server accepts (C1 controls included).
+    cleaned = cliente.clean_message_text("x\x9b31my\x85z")
+    assert cleaned == "x 31my z"
+    assert protocolo.parse_request(f"ENVIAR ana {cleaned}") == protocolo.Send("ana", cleaned)
     assert not cliente.message_too_long("ana", "x" * 4000)
     assert cliente.message_too_long("ana", "x" * 4090)
     assert cliente.message_too_long("ana", "ç" * 2100)  # bytes, not characters
