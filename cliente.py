@@ -1283,12 +1283,17 @@ class ChatApp:
             with contextlib.suppress(tk.TclError):
                 self.master.after_cancel(self._poll_id)
             self._poll_id = None
-        session, self.session = self.session, None
-        if session is not None:
-            session.close(wait=True)
+        # Hide first: waiting for the server to confirm SAIR (bounded) must
+        # not look like a frozen window.
         for conv in self.conversations.values():
             conv.destroy()
         self.conversations.clear()
+        with contextlib.suppress(tk.TclError):
+            self.master.withdraw()
+            self.master.update_idletasks()  # let the X server see it now
+        session, self.session = self.session, None
+        if session is not None:
+            session.close(wait=True)
         with contextlib.suppress(tk.TclError):
             self.master.destroy()
 
