@@ -598,3 +598,74 @@ def parse_server_line(line: str) -> ServerLine:
     elif word == "PONG":
         return Pong(rest)
     raise BadServerLine(f"linha inesperada do servidor: {line[:80]!r}")
+
+
+# --------------------------------------------------------------------------
+# Finding the server on the LAN (UDP datagrams, version 2)
+
+DISCOVERY_PROBE = b"DESCOBRIR 1\n"
+"""What a client broadcasts to find servers (the LF is optional on the wire)."""
+MAX_DISCOVERY_DATAGRAM = 512
+"""Longest datagram either side reads; anything longer is not ours."""
+MAX_SERVER_NAME_CHARS = 64
+
+
+@dataclass(frozen=True)
+class ServerAnnouncement:
+    """``SERVIDOR <porta> <tls> <nome>``: one server's answer to a probe."""
+
+    port: int
+    tls: bool
+    name: str
+
+
+def parse_discovery_probe(data: bytes) -> bool:
+    """True if ``data`` is a probe this server answers (``DESCOBRIR 1``, LF optional).
+
+    The verb is matched as ASCII, case-insensitively, like every verb; runs of
+    spaces separate it from the version, as on the TCP side.
+    """
+    if len(data) > MAX_DISCOVERY_DATAGRAM:
+        return False
+    text = data[:-1] if data.endswith(b"\n") else data
+    text = text[:-1] if text.endswith(b"\r") else text
+    parts = text.split()
+    return (len(parts) == 2 and parts[0].isascii() and parts[0].upper() == b"DESCOBRIR"
+            and parts[1] == b"1" and b"\t" not in text)
+
+
+def clean_server_name(name: str) -> str:
+    """``name`` as a server may announce it: no control characters, at most 64 characters."""
+    cleaned = " ".join(without_control_characters(name).split())
+    return cleaned[:MAX_SERVER_NAME_CHARS] or "servidor"
+
+
+def format_discovery_answer(port: int, tls: bool, name: str) -> bytes:
+    """The answer datagram: ``SERVIDOR <porta> <tls> <nome>`` and an LF (for ``nc -u``)."""
+    return f"SERVIDOR {port} {1 if tls else 0} {clean_server_name(name)}\n".encode(ENCODING)
+
+
+def parse_discovery_answer(data: bytes) -> ServerAnnouncement | None:
+    """The announcement in ``data``, or None if it is not a well-formed answer.
+
+    A client must treat every answer as hostile: the name is cleaned and cut,
+    the port checked, and anything else refused.
+    """
+    if len(data) > MAX_DISCOVERY_DATAGRAM:
+        return None
+    try:
+        text = data.decode(ENCODING)
+    except UnicodeDecodeError:
+        return None
+    text = text.rstrip("\r\n")
+    word, _, rest = text.partition(" ")
+    port_text, _, rest = rest.partition(" ")
+    tls_text, _, name = rest.partition(" ")
+    if word != "SERVIDOR" or tls_text not in ("0", "1"):
+        return None
+    if not (port_text.isascii() and port_text.isdecimal() and len(port_text) <= 5):
+        return None
+    port = int(port_text)
+    if not 1 <= port <= 65535:
+        return None
+    return ServerAnnouncement(port, tls_text == "1", clean_server_name(name))
