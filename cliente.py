@@ -1233,8 +1233,8 @@ class ChatApp:
         request, result = event.request, event.result
         if isinstance(request, protocolo.Send):
             if not isinstance(result, protocolo.Ok):
-                self.conversation(request.nick).add_notice(
-                    describe_send_error(result, request.nick), error=True)
+                self.conversation(request.target).add_notice(
+                    describe_send_error(result, request.target), error=True)
         elif isinstance(request, protocolo.ListUsers) and isinstance(result, UserList):
             me = protocolo.nick_key(self.nick)
             self.users = {protocolo.nick_key(n): n for n in result.nicks

@@ -734,16 +734,16 @@ class ClientConnection:
 
     def _handle_send(self, request: protocolo.Send) -> bytes:
         self._require_registration()
-        entry = self.server.registry.get(protocolo.nick_key(request.nick))
+        entry = self.server.registry.get(protocolo.nick_key(request.target))
         if entry is None:
             raise ProtocolError(ErrorCode.NAO_ENCONTRADO,
-                                f"{request.nick} não está conectada")
+                                f"{request.target} não está conectada")
         if not entry.relay:
             raise ProtocolError(ErrorCode.SO_DIRETO,
                                 f"{entry.nick} está só no diretório e não recebe mensagens")
         recipient = entry.connection
         if recipient.outbox.closed:  # dropped a moment ago; its thread is cleaning up
-            raise ProtocolError(ErrorCode.NAO_ENCONTRADO, f"{request.nick} não está conectada")
+            raise ProtocolError(ErrorCode.NAO_ENCONTRADO, f"{request.target} não está conectada")
         if not recipient.outbox.put(protocolo.format_msg(self.nick, entry.nick, request.text)):
             recipient.abort("destinatário lento: saída pendente cheia")
             raise ProtocolError(ErrorCode.DESTINATARIO_LENTO,

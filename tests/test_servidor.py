@@ -23,6 +23,7 @@ from pathlib import Path
 import pytest
 from wire import HOST, TIMEOUT, ServerProcess, WireClient, wait_until
 
+import protocolo
 import servidor
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -164,11 +165,12 @@ def test_listar_sorts_case_insensitively_includes_caller_keeps_spelling(server, 
     caller = clients["carla"]
     caller.send_line("LISTAR")
     lines = caller.read_lines(7)
-    order = sorted(clients, key=str.casefold)
+    order = sorted(clients, key=protocolo.nick_key)
     assert lines == ["USUARIOS 5",
                      *(f"USUARIO {nick} 127.0.0.1 {clients[nick].port}" for nick in order),
                      "END"]
-    assert [line.split()[1] for line in lines[1:-1]] == ["ana", "ANDRE", "Bruno", "carla", "Ágata"]
+    # Sorted by the nickname key, which folds case and accents (version 2).
+    assert [line.split()[1] for line in lines[1:-1]] == ["Ágata", "ana", "ANDRE", "Bruno", "carla"]
     stranger = connect(server)  # LISTAR needs no registration
     stranger.send_line("LISTAR")
     assert stranger.read_lines(7) == lines
