@@ -422,7 +422,7 @@ def test_full_pipe_never_blocks_the_caller_and_losses_are_reported(configure) ->
         flood.join(3.0)
         elapsed = time.monotonic() - started
         assert not flood.is_alive(), "o chamador ficou bloqueado no log"
-        assert service.dropped >= 50_000 - diario.QUEUE_SIZE - 100
+        assert service.dropped >= 50_000 - diario.QUEUE_SIZE - 1000  # listener stuck early
         print(f"50000 chamadas com o pipe cheio: {elapsed:.2f} s")
     finally:
         reader.start()  # unblocks the listener whatever happened above
