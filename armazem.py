@@ -650,14 +650,15 @@ class Store:
     accounts_enabled = True
 
     def __init__(self, path: str, writer: sqlite3.Connection, readers: list[sqlite3.Connection],
-                 *, fsync: bool, retention_days: float, clock: Callable[[], float]) -> None:
+                 identity: tuple[int, int], *, fsync: bool, retention_days: float,
+                 clock: Callable[[], float]) -> None:
         self.path = path
         self.fsync = fsync
         self.retention_days = retention_days
         self._clock = clock
         self._writer: sqlite3.Connection | None = writer
         self._write_lock = threading.Lock()
-        self._identity = self._file_identity()
+        self._identity = identity  # (st_dev, st_ino) of the file opened
         self._lost = False
         self._reads = _ReadPool(readers)
 
@@ -687,17 +688,20 @@ class Store:
             _create_empty_file(path)
         else:
             raise StoreError(f"arquivo de dados não encontrado: {path}")
+        identity = _file_identity(path)
         connections = [cls._connect_writer(path, fsync)]
         try:
             _apply_migrations(connections[0], path)
             connections += [_connect_reader(path) for _ in range(READ_POOL_SIZE)]
+            if identity is None or _file_identity(path) != identity:
+                raise StoreError("arquivo de dados removido ou substituído")
         except BaseException as exc:
             for conn in reversed(connections):
                 conn.close()
             if isinstance(exc, sqlite3.Error):
                 raise _store_error(exc) from exc
             raise
-        return cls(path, connections[0], connections[1:], fsync=fsync,
+        return cls(path, connections[0], connections[1:], identity, fsync=fsync,
                    retention_days=retention_days, clock=clock)
 
     @staticmethod
@@ -720,13 +724,6 @@ class Store:
             conn.close()
             raise
         return conn
-
-    def _file_identity(self) -> tuple[int, int] | None:
-        try:
-            info = os.stat(self.path)
-        except OSError:
-            return None
-        return info.st_dev, info.st_ino
 
     def close(self) -> None:
         """Close every connection (the last one checkpoints the -wal into the file)."""
@@ -766,13 +763,15 @@ class Store:
                 conn.execute("COMMIT")
             except sqlite3.Error as exc:
                 _rollback(conn)
+                self._check_same_file()  # SQLite may notice a moved file first
                 raise _store_error(exc) from exc
             except BaseException:
                 _rollback(conn)
                 raise
 
     def _check_same_file(self) -> None:
-        if self._file_identity() != self._identity:
+        """Raise (and remember) if the data file was deleted or replaced since it was opened."""
+        if _file_identity(self.path) != self._identity:
             self._lost = True
             log.error("o arquivo de dados %s foi removido ou substituído; "
                       "nenhuma gravação será aceita até reiniciar o servidor", self.path)
@@ -959,6 +958,15 @@ class Store:
         return deleted
 
 
+def _file_identity(path: str) -> tuple[int, int] | None:
+    """``(st_dev, st_ino)`` of ``path``: which file it is, not what it holds."""
+    try:
+        info = os.stat(path)
+    except OSError:
+        return None
+    return info.st_dev, info.st_ino
+
+
 def _connect_reader(path: str) -> sqlite3.Connection:
     """A read connection: ``mode=rw`` so it never creates a file, ``query_only`` to be sure."""
     conn = sqlite3.connect(f"{_file_uri(path)}?mode=rw", uri=True, isolation_level=None,
@@ -1116,8 +1124,8 @@ def _b64(data: bytes) -> str:
 def hash_password(password: str) -> str:
     """A salted scrypt record: ``scrypt$N$r$p$<salt b64>$<hash b64>``."""
     salt = secrets.token_bytes(SALT_BYTES)
-    digest = hashlib.scrypt(password.encode("utf-8"), salt=salt, n=SCRYPT_N, r=SCRYPT_R,
-                            p=SCRYPT_P, maxmem=SCRYPT_MAXMEM, dklen=SCRYPT_DKLEN)
+    digest = hashlib.scrypt(password.encode("utf-8", "surrogatepass"), salt=salt, n=SCRYPT_N,
+                            r=SCRYPT_R, p=SCRYPT_P, maxmem=SCRYPT_MAXMEM, dklen=SCRYPT_DKLEN)
     return f"scrypt${SCRYPT_N}${SCRYPT_R}${SCRYPT_P}${_b64(salt)}${_b64(digest)}"
 
 

@@ -455,6 +455,23 @@ def test_open_without_create_refuses_a_missing_file(tmp_path: Path):
     assert list(tmp_path.iterdir()) == []
 
 
+def test_a_directory_is_not_a_data_file(tmp_path: Path):
+    with pytest.raises(StoreError, match="diretório"):
+        Store.open(str(tmp_path))
+
+
+@pytest.mark.parametrize(("message", "expected"), [
+    ("database or disk is full", "disco cheio"),
+    ("attempt to write a readonly database", "somente leitura"),
+    ("disk I/O error", "entrada/saída"),
+    ("database is locked", "ocupado"),
+    ("something else", "falha no armazenamento"),
+])
+def test_sqlite_errors_read_in_portuguese_without_an_error_name(message: str, expected: str):
+    """Python 3.10 has no ``sqlite_errorname``: the message text decides."""
+    assert expected in str(armazem._store_error(sqlite3.OperationalError(message)))
+
+
 def test_an_empty_file_becomes_a_chat_database(tmp_path: Path):
     path = tmp_path / "vazio.sqlite3"
     path.touch()
