@@ -21,7 +21,16 @@ file. With ``synchronous=NORMAL`` (the default) a committed transaction
 survives the process being killed at any moment (the data is in the
 operating system's cache, which the kernel writes out); with ``fsync=True``
 (``synchronous=FULL``) every commit is flushed to the disk and survives a
-power cut too, at the price of one fsync per commit.
+power cut too, at the price of one fsync per commit. What NORMAL does not
+survive is the machine or the disk failing: when the kernel turned an ext4
+file system read-only after an error, the pages it had not written yet were
+gone, and with them the last acknowledged messages; with fsync=True all of
+them were there (``tests/test_armazem.py`` checks the latter).
+
+Measured with ``bench/armazem.py`` (2 cores, SQLite 3.40): one commit of
+32 messages takes 0.16 ms (0.5 ms with fsync); the 500 newest rows of a
+room or a conversation among 1,000,000 messages 1.6-2.4 ms;
+``pending_count`` with 10,000 messages waiting 0.8 ms.
 
 Schema (version ``len(MIGRATIONS)``, kept in ``PRAGMA user_version``; the
 file is marked with ``PRAGMA application_id`` = ``APPLICATION_ID``):
@@ -54,6 +63,8 @@ never exposes the previous owner's conversations or receipts.
 Retention: ``prune()`` deletes messages older than ``retention_days`` (0 =
 keep everything), except direct messages still pending for an existing
 account and messages whose receipt is still due to an existing sender.
+The server calls it when it sees fit (at start, then now and then); it
+deletes in short transactions, so appends go on meanwhile.
 
 Faults: every failure of SQLite or of the disk becomes ``StoreError``
 (with a short Portuguese sentence for the logs) and a failed write leaves
@@ -114,7 +125,7 @@ DATA_FILE_NAME = "chat.sqlite3"
 APPLICATION_ID = 0x43484154
 """``PRAGMA application_id`` of a chat database ("CHAT" in ASCII)."""
 READ_POOL_SIZE = 4
-"""Read connections at most; a fifth concurrent reader waits for one."""
+"""Read connections, opened with the store; a fifth concurrent reader waits for one."""
 READ_POOL_WAIT_S = 30.0
 """How long a reader waits for a free read connection before giving up."""
 BUSY_TIMEOUT_MS = 5000
@@ -134,6 +145,8 @@ _MS_PER_DAY = 86_400_000
 _SQLITE_MAGIC = b"SQLite format 3\x00"
 _SQLITE_HEADER_BYTES = 100
 
+# The ``receipt`` column. Literal in the schema's partial index (a released
+# migration never changes), named everywhere else.
 RECEIPT_NONE = 0
 RECEIPT_AWAITED = 1
 RECEIPT_DUE = 2
@@ -617,13 +630,13 @@ _AWAITED_IN_RANGE = (
     "SELECT m.id, m.sender_key, m.target FROM messages AS m"
     " JOIN accounts AS s ON s.key = m.sender_key AND m.id > s.first_id"
     " WHERE m.target_key = :key AND m.room = 0 AND m.id > :old AND m.id <= :new"
-    " AND m.receipt = 1 ORDER BY m.id")
+    f" AND m.receipt = {RECEIPT_AWAITED} ORDER BY m.id")
 _CLEAR_AWAITED_IN_RANGE = (
-    "UPDATE messages SET receipt = 0 WHERE target_key = :key AND room = 0"
-    " AND id > :old AND id <= :new AND receipt = 1")
+    f"UPDATE messages SET receipt = {RECEIPT_NONE} WHERE target_key = :key AND room = 0"
+    f" AND id > :old AND id <= :new AND receipt = {RECEIPT_AWAITED}")
 _RECEIPTS_DUE = (
     "SELECT id, sender_key, target FROM messages"
-    " WHERE sender_key = :key AND receipt = 2"
+    f" WHERE sender_key = :key AND receipt = {RECEIPT_DUE}"
     " AND id > (SELECT first_id FROM accounts WHERE key = :key)"
     " ORDER BY id LIMIT :limit")
 _ACCOUNT_COLUMNS = "key, nick, created_ms, received_id, first_id"
@@ -631,7 +644,7 @@ _PRUNE_RANGE = (
     "DELETE FROM messages WHERE id >= :low AND id < :high AND time_ms < :cutoff"
     " AND NOT (room = 0 AND EXISTS (SELECT 1 FROM accounts AS a"
     "          WHERE a.key = messages.target_key AND messages.id > a.received_id))"
-    " AND NOT (receipt = 2 AND EXISTS (SELECT 1 FROM accounts AS s"
+    f" AND NOT (receipt = {RECEIPT_DUE} AND EXISTS (SELECT 1 FROM accounts AS s"
     "          WHERE s.key = messages.sender_key AND messages.id > s.first_id))")
 
 
@@ -716,6 +729,8 @@ class Store:
             if mode.lower() != "wal":
                 raise StoreError(f"o sistema de arquivos de {path} não permite o modo WAL")
             conn.execute(f"PRAGMA synchronous = {'FULL' if fsync else 'NORMAL'}")
+            # macOS: a plain fsync does not flush the drive's cache; F_FULLFSYNC does.
+            conn.execute(f"PRAGMA fullfsync = {int(fsync)}")
             conn.execute(f"PRAGMA journal_size_limit = {JOURNAL_SIZE_LIMIT:d}")
         except sqlite3.Error as exc:
             conn.close()
@@ -885,7 +900,8 @@ class Store:
             return
         with self._write() as conn:
             conn.executemany(
-                f"UPDATE messages SET receipt = {RECEIPT_SENT} WHERE id = ? AND receipt = 2",
+                f"UPDATE messages SET receipt = {RECEIPT_SENT} WHERE id = ?"
+                f" AND receipt = {RECEIPT_DUE}",
                 [(message_id,) for message_id in message_ids])
 
     # -- accounts ----------------------------------------------------------

@@ -628,6 +628,11 @@ def test_a_failed_migration_leaves_the_previous_version(tmp_path: Path, monkeypa
 # The data file deleted or replaced under a running store
 
 
+WINDOWS_KEEPS_OPEN_FILES = pytest.mark.skipif(
+    os.name == "nt", reason="o Windows não apaga nem substitui um arquivo aberto")
+
+
+@WINDOWS_KEEPS_OPEN_FILES
 def test_a_deleted_data_file_fails_every_write_and_reads_go_on(store: Store):
     kept = store.append_messages([room("ana", "#s", "antes")])[0][0]
     os.unlink(store.path)
@@ -639,6 +644,7 @@ def test_a_deleted_data_file_fails_every_write_and_reads_go_on(store: Store):
     assert ids_of(store.history_room("#s")) == [kept]
 
 
+@WINDOWS_KEEPS_OPEN_FILES
 def test_a_replaced_data_file_fails_every_write(tmp_path: Path):
     path = tmp_path / "chat.sqlite3"
     _make_store_file(tmp_path / "outro.sqlite3", messages=1)
