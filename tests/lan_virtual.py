@@ -36,6 +36,7 @@ import sys
 import time
 from collections.abc import Iterator, Sequence
 from pathlib import Path
+from typing import IO
 
 import pytest
 
@@ -136,14 +137,15 @@ def stop_process(proc: subprocess.Popen) -> None:
                 stream.close()
 
 
-def read_line(proc: subprocess.Popen, timeout: float) -> str:
-    """The next line of ``proc``'s stdout (a binary pipe), within ``timeout`` seconds.
+def read_line(source: subprocess.Popen | IO[bytes], timeout: float) -> str:
+    """The next line from a process's stdout (or any binary pipe), within ``timeout`` seconds.
 
     Reads byte by byte from the descriptor after a bounded wait, so neither a
     silent process nor Python's buffering can hang the test.
     """
-    assert proc.stdout is not None
-    fd = proc.stdout.fileno()
+    stream = source.stdout if isinstance(source, subprocess.Popen) else source
+    assert stream is not None
+    fd = stream.fileno()
     deadline = time.monotonic() + timeout
     line = b""
     while not line.endswith(b"\n"):
@@ -152,7 +154,7 @@ def read_line(proc: subprocess.Popen, timeout: float) -> str:
             raise TimeoutError(f"nenhuma linha em {timeout:g} s (até agora: {line!r})")
         byte = os.read(fd, 1)
         if not byte:
-            raise EOFError(f"o processo terminou (código {proc.poll()}); lido: {line!r}")
+            raise EOFError(f"fim da saída; lido: {line!r}")
         line += byte
     return line.decode().rstrip("\n")
 
