@@ -25,7 +25,9 @@ standard library reads it at import), the C-level socket methods Windows
 lacks (``sendmsg``...), and the size of ``struct timeval``.
 
 ``conftest.py`` calls ``apply(active_mode())`` at import when the
-environment variable ``CHAT_SIMULAR_PLATAFORMA`` is set.
+environment variable ``CHAT_SIMULAR_PLATAFORMA`` is set. A test that starts
+the product as another process (``servidor.py``, ``chat.pyz``) builds its
+command with ``python_command`` so that process is simulated too.
 """
 
 from __future__ import annotations
@@ -36,6 +38,8 @@ import os
 import select
 import selectors
 import socket
+import sys
+from pathlib import Path
 
 ENVIRONMENT_VARIABLE = "CHAT_SIMULAR_PLATAFORMA"
 MODES = ("windows", "macos")
@@ -197,3 +201,30 @@ def apply(mode: str) -> None:
     import rede
     rede.PLATFORM = "win32" if mode == "windows" else "darwin"
     applied_mode = mode
+
+
+_BOOTSTRAP = """\
+import os, runpy, sys
+sys.argv = sys.argv[1:]
+script = os.path.abspath(sys.argv[0])
+# Where the product's modules are, as Python itself would put it first on the path.
+sys.path.insert(0, script if script.endswith(".pyz") else os.path.dirname(script))
+sys.path.insert(1, {tests!r})
+import simulacao
+simulacao.apply({mode!r})
+runpy.run_path(script, run_name="__main__")
+"""
+
+
+def python_command(script: str | os.PathLike, *args: str) -> list[str]:
+    """``[python, script, *args]``, run under the active simulation if there is one.
+
+    Without a simulation this is the plain command. With one, the child
+    applies it before running ``script`` (a ``.py`` file or a ``.pyz``
+    archive) as ``__main__``, so its sockets lack the same names as ours.
+    """
+    mode = applied_mode or active_mode()
+    if mode is None:
+        return [sys.executable, str(script), *args]
+    bootstrap = _BOOTSTRAP.format(tests=str(Path(__file__).resolve().parent), mode=mode)
+    return [sys.executable, "-c", bootstrap, str(script), *args]

@@ -19,6 +19,7 @@ import zipfile
 from pathlib import Path
 
 import pytest
+import simulacao
 from lan_virtual import read_line
 
 import empacotar
@@ -51,7 +52,8 @@ def archive(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 def run_archive(archive: Path, *args: str, home: Path) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, str(archive), *args], cwd=home,
+    """Run the archive (under the platform simulation, when one is active)."""
+    return subprocess.run(simulacao.python_command(archive, *args), cwd=home,
                           capture_output=True, text=True, timeout=TIMEOUT,
                           env=_isolated_env(home), check=False)
 
@@ -126,8 +128,8 @@ def _server_flags(archive: Path, home: Path) -> list[str]:
 def test_server_mode_listens_answers_ping_and_stops_on_sigterm(archive: Path,
                                                                tmp_path: Path) -> None:
     proc = subprocess.Popen(
-        [sys.executable, str(archive), "servidor", "--port", "0", "--host", "127.0.0.1",
-         *_server_flags(archive, tmp_path)],
+        simulacao.python_command(archive, "servidor", "--port", "0", "--host", "127.0.0.1",
+                                 *_server_flags(archive, tmp_path)),
         cwd=tmp_path, env=_isolated_env(tmp_path), stdin=subprocess.DEVNULL,
         stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
     try:

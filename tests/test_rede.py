@@ -22,8 +22,10 @@ import time
 from collections.abc import Iterator
 
 import pytest
+import simulacao
 from lan_virtual import REPO, VirtualLan, lan_fixture, python_env  # noqa: F401 (lan_fixture)
 
+import protocolo
 import rede
 
 SHORT = 0.1
@@ -46,6 +48,8 @@ def mechanism(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -
         calls["select"] += 1
         return real_select(*args)  # type: ignore[arg-type]
 
+    if request.param == "poll" and not hasattr(select, "poll"):
+        pytest.skip("este sistema (ou a simulação) não tem select.poll")
     monkeypatch.setattr(select, "select", counting_select)
     monkeypatch.setattr(rede, "USE_POLL", request.param == "poll")
     yield request.param
@@ -214,23 +218,36 @@ class FakeSocket:
 KEEPALIVE = (socket.SOL_SOCKET, socket.SO_KEEPALIVE)
 
 
-@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="caminho do Linux")
-def test_linux_keepalive_takes_effect_on_a_real_socket() -> None:
+EXPECTED_METHOD = {"win32": "windows", "darwin": "macos"}
+
+
+def _tcp_option(sock: socket.socket, number: int) -> int:
+    return sock.getsockopt(socket.IPPROTO_TCP, number)
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="lê opções pelo número do Linux")
+@pytest.mark.parametrize(("idle", "interval", "probes"), [(30, 3, 4), (60, 10, 5)])
+def test_keepalive_takes_effect_on_a_real_socket(idle: int, interval: int, probes: int) -> None:
+    """Natively the Linux path; under ``simulacao`` the Windows or macOS one, with effect."""
     with socket.socket() as sock:
-        assert rede.enable_keepalive(sock, idle=30, interval=3, probes=4) == "linux"
+        method = rede.enable_keepalive(sock, idle=idle, interval=interval, probes=probes)
+        assert method == EXPECTED_METHOD.get(rede.PLATFORM, "linux")
         assert sock.getsockopt(*KEEPALIVE) == 1
-        assert sock.getsockopt(socket.IPPROTO_TCP, socket.TCP_KEEPIDLE) == 30
-        assert sock.getsockopt(socket.IPPROTO_TCP, socket.TCP_KEEPINTVL) == 3
-        assert sock.getsockopt(socket.IPPROTO_TCP, socket.TCP_KEEPCNT) == 4
+        assert _tcp_option(sock, simulacao.LINUX_TCP_KEEPIDLE) == idle
+        assert _tcp_option(sock, simulacao.LINUX_TCP_KEEPINTVL) == interval
+        if method != "windows":  # Windows fixes the probe count itself
+            assert _tcp_option(sock, simulacao.LINUX_TCP_KEEPCNT) == probes
 
 
-@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="caminho do Linux")
-def test_keepalive_defaults_are_the_protocols() -> None:
-    with socket.socket() as sock:
-        rede.enable_keepalive(sock)
-        assert sock.getsockopt(socket.IPPROTO_TCP, socket.TCP_KEEPIDLE) == 60
-        assert sock.getsockopt(socket.IPPROTO_TCP, socket.TCP_KEEPINTVL) == 10
-        assert sock.getsockopt(socket.IPPROTO_TCP, socket.TCP_KEEPCNT) == 5
+def test_keepalive_defaults_are_the_protocols(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(rede, "PLATFORM", "linux")
+    for name, number in (("TCP_KEEPIDLE", 4), ("TCP_KEEPINTVL", 5), ("TCP_KEEPCNT", 6)):
+        monkeypatch.setattr(socket, name, number, raising=False)
+    sock = FakeSocket()
+    assert rede.enable_keepalive(sock) == "linux"
+    assert sock.options == {KEEPALIVE: 1, (socket.IPPROTO_TCP, 4): protocolo.KEEPALIVE_IDLE_S,
+                            (socket.IPPROTO_TCP, 5): protocolo.KEEPALIVE_INTERVAL_S,
+                            (socket.IPPROTO_TCP, 6): protocolo.KEEPALIVE_PROBES}
 
 
 def test_windows_keepalive_uses_the_ioctl_in_milliseconds(monkeypatch: pytest.MonkeyPatch
@@ -508,6 +525,24 @@ def test_simulation_is_off_without_the_variable() -> None:
 
 
 def test_simulation_refuses_an_unknown_mode() -> None:
-    import simulacao
     with pytest.raises(ValueError, match="desconhecido"):
         simulacao.apply("beos")
+
+
+@pytest.mark.parametrize(("mode", "expected"), [("windows", "win32 False"),
+                                                ("macos", "darwin True"), ("", "")])
+def test_python_command_simulates_child_processes_too(monkeypatch: pytest.MonkeyPatch,
+                                                      tmp_path, mode: str,
+                                                      expected: str) -> None:
+    script = tmp_path / "filho.py"
+    script.write_text("import socket, sys, rede\n"
+                      "print(rede.PLATFORM, hasattr(socket, 'MSG_DONTWAIT'), sys.argv[1:])\n",
+                      encoding="utf-8")
+    monkeypatch.setenv("CHAT_SIMULAR_PLATAFORMA", mode)
+    monkeypatch.setattr(simulacao, "applied_mode", None)  # the variable decides here
+    argv = simulacao.python_command(script, "a", "b")
+    done = subprocess.run(argv, capture_output=True, text=True, timeout=30, check=False,
+                          env=python_env(PYTHONPATH=str(REPO), CHAT_SIMULAR_PLATAFORMA=mode))
+    assert done.returncode == 0, done.stderr
+    native = f"{sys.platform} True"
+    assert done.stdout.strip() == f"{expected or native} ['a', 'b']"
