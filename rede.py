@@ -13,7 +13,8 @@ What is here:
 
 * ``wait_readable`` / ``wait_writable`` (and ``readable_sockets`` for a
   few at once): a bounded wait, so a socket can stay non-blocking for good
-  (no ``MSG_DONTWAIT``, no ``SO_RCVTIMEO``, which are not portable);
+  (no ``MSG_DONTWAIT``, no ``SO_RCVTIMEO``, which are not portable), and
+  ``send_all``, a ``sendall`` for such a socket bounded by a stall timeout;
 * ``enable_keepalive``: TCP keepalive with our timings, by whatever means
   the OS has;
 * ``lan_addresses`` / ``broadcast_addresses``: this machine's addresses, for
@@ -123,6 +124,30 @@ def readable_sockets(socks: Sequence[socket.socket | int], timeout: float | None
     listens on IPv4 and IPv6 at once). Empty after a timeout.
     """
     return _ready(socks, False, timeout)
+
+
+def send_all(sock: socket.socket, data: bytes, stall_timeout: float) -> None:
+    """Send all of ``data`` on a non-blocking socket; ``TimeoutError`` after a stall.
+
+    The bound is on *no progress*: it restarts whenever the peer takes some
+    bytes, so a slow reader is served and one that stopped reading is not
+    waited for forever. For plain sockets (the server's TLS runs over a
+    plain socket). Other errors (reset, broken pipe) propagate as ``OSError``.
+    """
+    view = memoryview(data)
+    deadline = time.monotonic() + stall_timeout
+    while view:
+        try:
+            sent = sock.send(view)
+        except (BlockingIOError, InterruptedError):
+            sent = 0
+        if sent:
+            view = view[sent:]
+            deadline = time.monotonic() + stall_timeout
+            continue
+        remaining = deadline - time.monotonic()
+        if remaining <= 0 or not wait_writable(sock, remaining):
+            raise TimeoutError(f"o envio não progrediu em {stall_timeout:g} s")
 
 
 # --------------------------------------------------------------------------

@@ -18,6 +18,7 @@ import signal
 import socket
 import subprocess
 import sys
+import threading
 import time
 from collections.abc import Iterator
 
@@ -188,6 +189,43 @@ def test_without_poll_the_select_path_is_chosen_at_call_time(monkeypatch: pytest
     assert rede._uses_poll() is False
     pair[1].sendall(b"x")
     assert rede.wait_readable(pair[0], BOUND) is True
+
+
+def test_send_all_delivers_everything_to_a_slow_reader(mechanism: str, pair) -> None:
+    sender, receiver = pair
+    sender.setblocking(False)
+    data = os.urandom(4 * 1024 * 1024)  # several times any socket buffer
+    received = bytearray()
+
+    def read_slowly() -> None:
+        while len(received) < len(data):
+            chunk = receiver.recv(65536)
+            if not chunk:
+                return
+            received.extend(chunk)
+
+    reader = threading.Thread(target=read_slowly, daemon=True)
+    reader.start()
+    rede.send_all(sender, data, stall_timeout=BOUND)
+    reader.join(BOUND)
+    assert bytes(received) == data
+
+
+def test_send_all_gives_up_on_a_peer_that_stopped_reading(mechanism: str, pair) -> None:
+    sender = pair[0]
+    sender.setblocking(False)
+    started = time.monotonic()
+    with pytest.raises(TimeoutError, match="não progrediu"):
+        rede.send_all(sender, b"\0" * (16 * 1024 * 1024), stall_timeout=SHORT)
+    assert time.monotonic() - started < BOUND
+
+
+def test_send_all_reports_a_closed_peer(pair) -> None:
+    pair[0].setblocking(False)
+    pair[1].close()
+    with pytest.raises(OSError) as raised:
+        rede.send_all(pair[0], b"\0" * (16 * 1024 * 1024), stall_timeout=BOUND)
+    assert not isinstance(raised.value, TimeoutError)
 
 
 # --------------------------------------------------------------------------
