@@ -198,6 +198,7 @@ def test_send_all_delivers_everything_to_a_slow_reader(mechanism: str, pair) -> 
     received = bytearray()
 
     def read_slowly() -> None:
+        time.sleep(SHORT)  # slow to start: the sender must wait for room
         while len(received) < len(data):
             chunk = receiver.recv(65536)
             if not chunk:
