@@ -207,25 +207,32 @@ class DiscoveryResponder:
         return self._limiter.tracked_sources
 
     def start(self) -> None:
-        """Bind the socket and start serving; raises ``OSError`` if the port is taken."""
+        """Bind the socket and start serving; raises ``OSError`` if the port is taken.
+
+        Done under the state lock (binding and starting a thread never
+        block), so a ``stop`` from another thread sees either nothing
+        started or everything it has to stop.
+        """
         with self._state_lock:
-            if self._started:
-                raise RuntimeError("o respondedor de descoberta já foi iniciado")
+            if self._started or self._stopped:
+                raise RuntimeError("um respondedor de descoberta só pode ser iniciado uma vez")
+            sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+            try:
+                sock.bind((self._host or "0.0.0.0", self._port))
+                sock.setblocking(False)
+                announced = self._port or sock.getsockname()[1]
+                self._answer = protocolo.format_discovery_answer(announced, self._tls, self.name)
+                self._sock = sock
+                self._thread = threading.Thread(target=self._serve, name="descoberta",
+                                                daemon=True)
+                self._thread.start()
+            except BaseException:
+                self._sock = self._thread = None
+                sock.close()
+                raise
             self._started = True
-        sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
-        try:
-            sock.bind((self._host or "0.0.0.0", self._port))
-            sock.setblocking(False)
-        except BaseException:
-            sock.close()
-            raise
-        self._sock = sock
-        announced = self._port or sock.getsockname()[1]
-        self._answer = protocolo.format_discovery_answer(announced, self._tls, self.name)
-        self._thread = threading.Thread(target=self._serve, name="descoberta", daemon=True)
-        self._thread.start()
-        log.info("respondendo a pedidos de descoberta em UDP %s porta %d (nome: %s)",
-                 self._host or "todas as interfaces IPv4", sock.getsockname()[1], self.name)
+        log.info("descoberta na rede local ativa: UDP porta %d em %s (nome anunciado: %s)",
+                 sock.getsockname()[1], self._host or "todas as interfaces IPv4", self.name)
 
     def stop(self) -> None:
         """Stop serving and close the socket (waits at most ``STOP_TIMEOUT_S``)."""
@@ -233,8 +240,8 @@ class DiscoveryResponder:
             if self._stopped:
                 return
             self._stopped = True
+            sock, thread = self._sock, self._thread
         self._stopping.set()
-        sock, thread = self._sock, self._thread
         if sock is None:
             return
         try:

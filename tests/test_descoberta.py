@@ -537,3 +537,17 @@ def test_lan_fixture_cleans_up_namespaces_and_processes() -> None:
     listing = subprocess.run(["ip", "netns", "list"], capture_output=True, text=True,
                              timeout=TIMEOUT, check=True).stdout
     assert tag not in listing
+
+
+def test_lan_fixture_explains_why_it_cannot_run(monkeypatch: pytest.MonkeyPatch) -> None:
+    import lan_virtual
+
+    monkeypatch.setattr(os, "geteuid", lambda: 1000)
+    assert "precisa de root" in lan_virtual.unavailable_reason()
+
+    def refuse(argv, stdin=None):
+        raise lan_virtual.LanError("ip netns add: Operation not permitted")
+
+    monkeypatch.setattr(lan_virtual, "_tool", refuse)
+    with pytest.raises(lan_virtual.LanError, match="Operation not permitted"):
+        VirtualLan()
