@@ -24,6 +24,7 @@ from collections.abc import Iterator
 
 import pytest
 from lan_virtual import Host, VirtualLan, lan_fixture, read_line  # noqa: F401 (lan_fixture)
+from wire import wait_until
 
 import descoberta
 import protocolo
@@ -34,17 +35,6 @@ TIMEOUT = 5.0
 """Bound on any single wait in these tests."""
 QUIET = 0.3
 """How long to listen for answers that must NOT come."""
-
-
-def wait_until(condition, timeout: float = TIMEOUT, what: str = "") -> object:
-    deadline = time.monotonic() + timeout
-    while True:
-        result = condition()
-        if result:
-            return result
-        if time.monotonic() >= deadline:
-            raise AssertionError(f"not true within {timeout:g} s: {what or condition!r}")
-        time.sleep(0.005)
 
 
 @pytest.fixture
