@@ -36,6 +36,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 import protocolo
+import rede
 from protocolo import ErrorCode
 
 try:  # The session layer works without Tk; only the window needs it.
@@ -448,7 +449,7 @@ class ChatSession:
         context = _tls_context(self._tls_ca) if self.tls else None
         sock = socket.create_connection((self.host, self.port), timeout=self.connect_timeout)
         try:
-            protocolo.enable_keepalive(sock)
+            rede.enable_keepalive(sock)
             if context is not None:
                 sock = context.wrap_socket(sock, server_hostname=self.host)
             sock.setblocking(False)

@@ -17,7 +17,15 @@ from pathlib import Path
 
 import pytest
 from cliente_apoio import ScriptedServer, connect, drain, wait_event
-from wire import TIMEOUT, WireClient, free_port, make_certificate, running_server, wait_until
+from wire import (
+    TIMEOUT,
+    UNLIMITED,
+    WireClient,
+    free_port,
+    make_certificate,
+    running_server,
+    wait_until,
+)
 
 import cliente
 import protocolo
@@ -38,7 +46,7 @@ from protocolo import ErrorCode, Joined, Left, Message
 
 @pytest.fixture
 def server():
-    with running_server(rate=0) as srv:
+    with running_server(**UNLIMITED) as srv:
         yield srv
 
 
@@ -279,7 +287,7 @@ def test_pending_request_gets_lost_when_the_connection_drops():
 
 
 def test_reconnect_after_the_server_comes_back():
-    with running_server(rate=0) as first:
+    with running_server(**UNLIMITED) as first:
         port = first.address[1]
         session = connect(first.address, "ana")
         first.stop()
@@ -420,7 +428,7 @@ def certificates(tmp_path_factory):
 @pytest.fixture
 def tls_server(certificates):
     context = servidor.make_tls_context(certificates["cert"], certificates["key"])
-    with running_server(tls_context=context, rate=0) as srv:
+    with running_server(tls_context=context, **UNLIMITED) as srv:
         yield srv
 
 
@@ -450,7 +458,7 @@ def test_tls_untrusted_certificate_is_refused_in_portuguese(tls_server):
 
 def test_tls_wrong_host_name_is_refused(certificates):
     context = servidor.make_tls_context(certificates["other_cert"], certificates["other_key"])
-    with running_server(tls_context=context, rate=0) as srv, pytest.raises(
+    with running_server(tls_context=context, **UNLIMITED) as srv, pytest.raises(
             ConnectError, match="não confere com o certificado"):
         ChatSession(connect_timeout=TIMEOUT).connect(
             *srv.address, "ana", use_tls=True, tls_ca=certificates["other_cert"])
