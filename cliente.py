@@ -39,6 +39,7 @@ from dataclasses import dataclass, field
 import protocolo
 import sessao
 from protocolo import ErrorCode
+from rede import format_host_port, parse_host_port
 
 # Re-exported: what other modules and tests used to find here.
 from sessao import (  # noqa: F401
@@ -55,8 +56,6 @@ from sessao import (  # noqa: F401
     RoomList,
     SendQueueFullError,
     UserList,
-    format_host_port,
-    parse_host_port,
 )
 
 try:  # The model works without Tk; only the window needs it.
@@ -66,10 +65,7 @@ try:  # The model works without Tk; only the window needs it.
 except ImportError:  # pragma: no cover - depends on the system's python3-tk
     tk = None  # type: ignore[assignment]
 
-try:  # LAN discovery lives in descoberta.py once it is on main
-    import descoberta
-except ImportError:  # pragma: no cover - until then, nothing is discovered
-    descoberta = None  # type: ignore[assignment]
+import descoberta
 
 log = logging.getLogger("cliente")
 
@@ -537,20 +533,8 @@ class ConversationStore:
 # LAN discovery (the found servers, for the connect panel)
 
 
-class _NoDiscovery:
-    """Stands in for ``descoberta``'s background search when it is not available."""
-
-    def done(self) -> bool:
-        return True
-
-    def result(self, timeout: float | None = 0) -> list:
-        return []
-
-
 def default_discovery(hosts: tuple[str, ...] = ()) -> object:
     """Start looking for servers on the LAN; the result has ``done()`` and ``result()``."""
-    if descoberta is None:
-        return _NoDiscovery()
     return descoberta.discover_in_background(protocolo.DEFAULT_PORT, hosts, timeout=1.0)
 
 

@@ -18,22 +18,21 @@ tests and the benchmarks all agree on every byte:
   server's fast path for the commonest line, tested against the general one;
 * replies and pushes (server -> client): the ``format_*`` functions build
   them, ``parse_server_line`` reads them back (it knows both versions);
-* the discovery datagrams (UDP) of version 2;
-* ``enable_keepalive``, the one exception to "no sockets": it only sets
-  options on a socket it is given (see ``rede.py`` for the per-platform work).
+* the discovery datagrams (UDP) of version 2.
+
+Socket options (keepalive and the like) live in ``rede.py``, per platform;
+this module only names the timings both ends share.
 
 The contract itself is ``docs/protocolo.md``.
 """
 
 from __future__ import annotations
 
-import contextlib
 import datetime
 import enum
 import functools
 import ipaddress
 import re
-import socket
 import unicodedata
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -357,18 +356,6 @@ def clean_text(text: str) -> str:
 def without_control_characters(text: str, replacement: str = " ") -> str:
     """``text`` with every control character (C0 but TAB, DEL, C1) replaced."""
     return _CONTROL_RE.sub(replacement, text)
-
-
-def enable_keepalive(sock: socket.socket) -> None:
-    """Turn on TCP keepalive with the timings above, where the OS allows them."""
-    sock.setsockopt(socket.SOL_SOCKET, socket.SO_KEEPALIVE, 1)
-    for name, value in (("TCP_KEEPIDLE", KEEPALIVE_IDLE_S),
-                        ("TCP_KEEPINTVL", KEEPALIVE_INTERVAL_S),
-                        ("TCP_KEEPCNT", KEEPALIVE_PROBES)):
-        option = getattr(socket, name, None)
-        if option is not None:
-            with contextlib.suppress(OSError):
-                sock.setsockopt(socket.IPPROTO_TCP, option, value)
 
 
 # --------------------------------------------------------------------------

@@ -1,25 +1,39 @@
-"""Chat server: one thread per connection, a shared registry, relayed messages.
+"""Chat server: one thread per connection, a shared registry, rooms, a durable message log.
 
 How a line travels, so a reader can follow it:
 
-1. ``Servidor`` accepts a socket and starts a ``ClientConnection`` thread.
-2. The connection thread reads big chunks, cuts them into lines with
-   ``protocolo.LineSplitter``, parses each with ``protocolo.parse_request``
-   and answers it (``_handle_*`` methods). Busy connections take turns at
-   this, first come first served (``FairTurn``), because CPython's own
-   hand-over of the GIL would let a few of them starve the rest.
+1. ``Servidor`` accepts a socket, counts it against its address
+   (``AddressBook``) and starts a ``ClientConnection`` thread. Every socket
+   is non-blocking for good; a thread that must wait for one waits in
+   ``rede.wait_readable``/``wait_writable`` with a bound. No platform-only
+   socket call is needed, so the same code runs on Linux, Windows and macOS.
+2. The connection thread reads a chunk, cuts it into lines with
+   ``protocolo.LineSplitter`` and answers them (``_handle_*`` methods).
+   Busy connections take turns at this (``FairTurn``), because CPython's
+   own hand-over of the GIL would let a few of them starve the rest. Before
+   each read the connection pays for what it sent and caused (lines, bytes,
+   replies) from its address's budget; an address over budget is simply not
+   read for a while, so TCP slows the sender down instead of the server
+   working for it at full speed.
 3. Nothing is written straight to a socket by request handlers: replies and
-   pushes are appended to the target connection's ``Outbox``. After a whole
-   chunk of lines is handled, every outbox touched is flushed once, with a
-   non-blocking ``send``. So 32 pipelined messages cost one ``send`` to the
-   recipient and one to the sender, and a recipient that stops reading can
-   never block its senders: what the kernel will not take stays queued, and
-   that connection's own writer thread (started only when needed) waits for
-   it. Past ``max_pending`` queued bytes the recipient is disconnected.
-4. The ``Registry`` maps casefolded nicknames to entries. Its lock guards
-   only dictionary updates; no socket I/O ever happens while it is held.
+   pushes are appended to the target connection's ``Outbox``, and each
+   outbox touched is flushed once per batch with a non-blocking ``send``.
+   What the kernel will not take waits for that connection's own writer
+   thread (started only when needed). A recipient that others send to
+   faster than it reads slows its senders down; only one that makes no
+   progress at all is dropped.
+4. ENVIAR is stored before its ``OK`` (``MessageLog``): the messages of many
+   connections that arrive together are committed in one transaction (group
+   commit), then delivered in the order of their ids, the same order for
+   every member of a room. An account that was away gets what waited for it
+   right after its registration's ``OK``, before anything newer.
+5. The ``Registry`` (nicknames) and ``Rooms`` have locks that guard only
+   their dictionaries and the in-memory appends of the pushes that must
+   follow each change in order; no socket I/O ever happens while any of
+   them is held.
 
-Run ``python3 servidor.py --help`` for the options.
+Run ``python3 servidor.py --help`` for the options, and
+``python3 servidor.py contas --help`` for the accounts' administration.
 """
 
 from __future__ import annotations
@@ -27,42 +41,66 @@ from __future__ import annotations
 import argparse
 import collections
 import contextlib
-import errno
+import functools
+import ipaddress
 import logging
 import math
 import selectors
 import signal
 import socket
 import ssl
-import struct
 import sys
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from typing import ClassVar
 
+import armazem
+import descoberta
+import diario
 import protocolo
+import rede
 from protocolo import ErrorCode, ProtocolError
 
 log = logging.getLogger("servidor")
 
 EARLY_FLUSH_BYTES = 64 * 1024
 """Replies queued past this within one batch are flushed before the batch ends."""
+OWN_OUTPUT_LOW_WATER = 64 * 1024
+"""A connection whose own unread output is past this is not read until it drains.
+
+This is how a request is charged by the output it causes: pipelined
+LISTARs from a client that never reads stop being read after the first few.
+"""
 RECV_CHUNK = 256 * 1024
 """Bytes asked of a ``recv`` on a busy connection: large, so one call brings many lines."""
 IDLE_RECV_CHUNK = 4096
-"""Bytes asked of a ``recv`` on a quiet connection.
-
-A thread blocked in ``recv`` holds a buffer of the size asked for, and with
-thousands of idle clients those buffers are most of the server's memory. So a
-connection reads small until a read comes back full, then large while that
-lasts.
-"""
+"""Bytes asked of a ``recv`` on a quiet connection (a large buffer per idle thread adds up)."""
+THROTTLED_RECV_CHUNK = 1024
+"""Bytes asked of a ``recv`` while the connection's address is short of budget."""
+MAX_LINES_PER_TURN = 256
+"""Lines a connection handles per turn before letting the others have theirs."""
 CONNECTION_STACK_SIZE = 256 * 1024
 """Thread stack for connection threads (set by ``main``); the code is shallow."""
 TURN_PATIENCE = 1.0
 """Seconds a connection thread waits for its turn (``FairTurn``) before going ahead anyway."""
+SNDBUF_BYTES = 256 * 1024
+"""Kernel send buffer per client socket: bounds the kernel memory a non-reading peer pins."""
+HISTORY_REPLY_MAX_BYTES = 256 * 1024
+"""A HISTORICO reply holds the newest lines that fit in this many bytes (at most 500)."""
+CATCH_UP_PAGE = 200
+"""Messages pushed per page to an account catching up on what waited for it."""
+MAINTENANCE_INTERVAL = 0.5
+"""Seconds between the maintenance thread's rounds (cursors, stalls, address table)."""
+ADDRESS_IDLE_FORGET_S = 600.0
+"""An address with no connection and full budgets is forgotten after this long."""
+MAX_ADDRESSES = 100_000
+"""Bound on the per-address table (the addresses with connections always stay)."""
+HANDSHAKE_SEND_BOUND = 10.0
+"""Seconds a TLS record we must send may make no progress (when no TEMPO clock runs)."""
+COMMIT_WAIT_BOUND = 30.0
+"""Longest a connection waits for the group commit that holds its messages."""
 
 
 @dataclass
@@ -76,36 +114,52 @@ class ServerConfig:
     max_per_ip: int = 64
     max_line: int = protocolo.MAX_REQUEST_BYTES
     max_pending: int = protocolo.DEFAULT_MAX_PENDING_BYTES
+    """Output queued for one connection past which its senders wait (a soft bound)."""
+    max_total_pending: int = 256 * 1024 * 1024
+    """Output queued for all connections together; past it the worst stalled ones go."""
     rate: float = 20.0
-    """Requests per second per connection (token bucket refill)."""
+    """Requests per second per connection (token bucket refill); excess gets LIMITE."""
     burst: int = 100
     """Token bucket size: requests a connection may send at once."""
+    address_lines: float = 200.0
+    """Lines per second one address may send, all its connections together (any line)."""
+    address_lines_burst: int = 1000
+    address_bytes: float = 1024 * 1024
+    """Bytes per second one address may send or cause in replies, all connections together."""
+    address_bytes_burst: int = 4 * 1024 * 1024
+    registrations: float = 1.0
+    """Registrations per second per address (refill); excess gets LIMITE."""
+    registrations_burst: int = 20
+    tls_handshakes: float = 10.0
+    """TLS handshakes per second per address; excess connections are closed at once."""
+    tls_handshakes_burst: int = 20
     register_timeout: float = 60.0
-    """Seconds an unregistered connection may go without a complete line."""
+    """Seconds an unregistered connection may go without a request."""
     send_timeout: float = 30.0
-    """Seconds a blocked ``send`` may make no progress before the peer is dropped."""
+    """Seconds queued output may make no progress at all before the peer is dropped."""
+    stall_timeout: float = 10.0
+    """Seconds a recipient that others are waiting on may make no progress before it is dropped."""
     shutdown_flush: float = 1.5
     """Seconds ``stop`` waits for queued output to reach the clients."""
+    keepalive_idle: float = protocolo.KEEPALIVE_IDLE_S
+    """Seconds of silence before TCP keepalive probes; a vanished peer goes after ~1.8x this."""
+    failed_passwords: int = protocolo.FAILED_PASSWORDS_ALLOWED
+    """Wrong passwords per address within a minute before password registrations get LIMITE."""
+    accounts_per_hour: int = protocolo.ACCOUNTS_PER_ADDRESS_PER_HOUR
+    max_pending_per_account: int = protocolo.MAX_PENDING_PER_ACCOUNT
+    hashing_threads: int = 2
+    """Password hashes computed at once (each costs tens of ms and ~16 MiB)."""
     tls_context: ssl.SSLContext | None = None
+    store: armazem.Store | armazem.MemoryStore | None = None
+    """Where messages and accounts live; None means in memory only (``--efemero``)."""
+    discovery: bool = True
+    """Answer ``DESCOBRIR`` datagrams on the same port (UDP)."""
+    name: str = ""
+    """The name announced to discovery probes; "" means the host name."""
 
 
 # --------------------------------------------------------------------------
-# Socket helpers
-
-
-def _set_kernel_timeout(sock: socket.socket, option: int, seconds: float) -> None:
-    """Bound blocking ``send``/``recv`` in the kernel (SO_SNDTIMEO/SO_RCVTIMEO).
-
-    Python's own ``settimeout`` would turn every call into poll + call and
-    would make ``MSG_DONTWAIT`` sends wait; a kernel timeout keeps the socket
-    in plain blocking mode. A blocked call that times out raises
-    ``BlockingIOError``. ``seconds == 0`` means no bound.
-    """
-    whole = int(seconds)
-    micros = int((seconds - whole) * 1_000_000)
-    if seconds > 0 and whole == 0 and micros == 0:
-        micros = 1
-    sock.setsockopt(socket.SOL_SOCKET, option, struct.pack("ll", whole, micros))
+# Addresses and budgets
 
 
 def _plain_ip(ip: str) -> str:
@@ -115,19 +169,157 @@ def _plain_ip(ip: str) -> str:
     return ip
 
 
-def lan_addresses() -> list[str]:
-    """Addresses other machines may use to reach this one (best effort, no traffic)."""
-    found: list[str] = []
+def address_key(ip: str) -> str:
+    """What counts as "one address" for the per-address limits.
+
+    An IPv6 host usually owns a whole /64 and can pick any address in it,
+    so IPv6 addresses are counted by their /64; IPv4 by the exact address.
+    """
+    if ":" not in ip:
+        return ip
     try:
-        infos = socket.getaddrinfo(socket.gethostname(), None)
-    except OSError:
-        infos = []
-    for family, _, _, _, sockaddr in infos:
-        ip = sockaddr[0]
-        is_loopback = ip.startswith(("127.", "::1"))
-        if family in (socket.AF_INET, socket.AF_INET6) and not is_loopback and ip not in found:
-            found.append(ip)
-    return found
+        network = ipaddress.ip_network(f"{ip.split('%')[0]}/64", strict=False)
+    except ValueError:
+        return ip
+    return str(network)
+
+
+class TokenBucket:
+    """Allow ``rate`` units per second on average, ``burst`` at once.
+
+    ``take`` may drive the level below zero (a whole read is paid for even
+    when it costs more than is left); ``delay`` then says how long to wait
+    until the debt is paid. Shared by the threads of one address without a
+    lock: a lost update under a thread switch lets one batch through a
+    little early, which no bound here depends on.
+    """
+
+    __slots__ = ("_level", "_stamp", "burst", "rate")
+
+    def __init__(self, rate: float, burst: float) -> None:
+        self.rate = rate
+        self.burst = max(1.0, float(burst))
+        self._level = self.burst
+        self._stamp = time.monotonic()
+
+    def _refill(self, now: float) -> None:
+        self._level = min(self.burst, self._level + (now - self._stamp) * self.rate)
+        self._stamp = now
+
+    def take(self, amount: float = 1.0) -> bool:
+        """Take ``amount`` if available; False (taking nothing) if not."""
+        self._refill(time.monotonic())
+        if self._level >= amount:
+            self._level -= amount
+            return True
+        return False
+
+    def charge(self, amount: float) -> None:
+        """Take ``amount`` whatever is left, going into debt if needed."""
+        self._refill(time.monotonic())
+        self._level -= amount
+
+    def delay(self) -> float:
+        """Seconds until the level is back above zero (0 if it is)."""
+        self._refill(time.monotonic())
+        return 0.0 if self._level > 0 else (1e-3 - self._level) / self.rate
+
+    @property
+    def full(self) -> bool:
+        self._refill(time.monotonic())
+        return self._level >= self.burst
+
+
+class AddressState:
+    """What one address has and may still do, shared by all its connections.
+
+    It outlives the connections (for ``ADDRESS_IDLE_FORGET_S``), so closing
+    and reopening connections never resets a budget.
+    """
+
+    def __init__(self, key: str, config: ServerConfig) -> None:
+        self.key = key
+        self.connections = 0
+        self.handshakes = 0
+        self.last_used = time.monotonic()
+        self.lines = TokenBucket(config.address_lines, config.address_lines_burst) \
+            if config.address_lines else None
+        self.bytes = TokenBucket(config.address_bytes, config.address_bytes_burst) \
+            if config.address_bytes else None
+        self.registrations = TokenBucket(config.registrations, config.registrations_burst) \
+            if config.registrations else None
+        self.tls_handshakes = TokenBucket(config.tls_handshakes, config.tls_handshakes_burst) \
+            if config.tls_handshakes else None
+        self.failed_passwords: collections.deque[float] = collections.deque(maxlen=64)
+        self.accounts_created: collections.deque[float] = collections.deque(maxlen=64)
+
+    def charge_reading(self, lines: int, nbytes: int) -> None:
+        """Pay for what a connection of this address just read or caused."""
+        if self.lines is not None and lines:
+            self.lines.charge(lines)
+        if self.bytes is not None and nbytes:
+            self.bytes.charge(nbytes)
+
+    def reading_delay(self) -> float:
+        """Seconds this address's connections must wait before reading again."""
+        delay = 0.0
+        if self.lines is not None:
+            delay = self.lines.delay()
+        if self.bytes is not None:
+            delay = max(delay, self.bytes.delay())
+        return delay
+
+    def idle(self, now: float) -> bool:
+        """True when forgetting this address would give nothing back to anyone."""
+        if self.connections or self.handshakes or now - self.last_used < ADDRESS_IDLE_FORGET_S:
+            return False
+        buckets = (self.lines, self.bytes, self.registrations, self.tls_handshakes)
+        return all(bucket is None or bucket.full for bucket in buckets)
+
+
+class AddressBook:
+    """The per-address table: connection counts and budgets, bounded in size."""
+
+    def __init__(self, config: ServerConfig) -> None:
+        self.config = config
+        self._lock = threading.Lock()
+        self._states: dict[str, AddressState] = {}
+
+    def admit(self, ip: str, total: int) -> tuple[AddressState | None, str]:
+        """Count a new connection from ``ip``: (its state, "") or (None, why not)."""
+        config = self.config
+        if config.max_clients and total >= config.max_clients:
+            return None, f"servidor lotado ({config.max_clients} conexões)"
+        key = address_key(ip)
+        with self._lock:
+            state = self._states.get(key)
+            if state is None:
+                if len(self._states) >= MAX_ADDRESSES:
+                    self._forget_idle_locked(time.monotonic(), force=True)
+                state = self._states[key] = AddressState(key, config)
+            if config.max_per_ip and state.connections >= config.max_per_ip:
+                return None, f"limite de {config.max_per_ip} conexões por endereço atingido"
+            state.connections += 1
+            state.last_used = time.monotonic()
+            return state, ""
+
+    def release(self, state: AddressState) -> None:
+        """Undo ``admit`` for one connection."""
+        with self._lock:
+            state.connections = max(0, state.connections - 1)
+            state.last_used = time.monotonic()
+
+    def forget_idle(self) -> None:
+        with self._lock:
+            self._forget_idle_locked(time.monotonic(), force=False)
+
+    def _forget_idle_locked(self, now: float, force: bool) -> None:
+        for key in [key for key, state in self._states.items()
+                    if state.idle(now) or (force and not state.connections)]:
+            del self._states[key]
+
+    def __len__(self) -> int:
+        return len(self._states)
 
 
 # --------------------------------------------------------------------------
@@ -135,19 +327,21 @@ def lan_addresses() -> list[str]:
 
 
 class PlainTransport:
-    """A TCP connection without encryption."""
+    """A TCP connection without encryption, on a non-blocking socket."""
 
     def __init__(self, sock: socket.socket) -> None:
         self.sock = sock
-        self._chunk = IDLE_RECV_CHUNK
+        self.chunk = IDLE_RECV_CHUNK
 
     def handshake(self, deadline: float = 0.0) -> None:
         """Nothing to negotiate."""
 
     def recv(self) -> bytes:
-        """Application bytes from the peer; ``b""`` at EOF."""
-        data = self.sock.recv(self._chunk)
-        self._chunk = RECV_CHUNK if len(data) == self._chunk else IDLE_RECV_CHUNK
+        """Application bytes from the peer; ``b""`` at EOF; BlockingIOError when none wait."""
+        asked = self.chunk
+        data = self.sock.recv(asked)
+        if asked >= IDLE_RECV_CHUNK:
+            self.chunk = RECV_CHUNK if len(data) == asked else IDLE_RECV_CHUNK
         return data
 
     def encode(self, data: bytes) -> bytes:
@@ -156,7 +350,7 @@ class PlainTransport:
 
 
 class TlsTransport:
-    """TLS over a plain blocking socket, through ``ssl.MemoryBIO``.
+    """TLS over a plain non-blocking socket, through ``ssl.MemoryBIO``.
 
     OpenSSL objects are not safe to use from two threads at once, and here a
     connection's reader thread decrypts while other threads queue output for
@@ -167,6 +361,7 @@ class TlsTransport:
 
     def __init__(self, sock: socket.socket, context: ssl.SSLContext) -> None:
         self.sock = sock
+        self.chunk = IDLE_RECV_CHUNK
         self._incoming = ssl.MemoryBIO()
         self._outgoing = ssl.MemoryBIO()
         self._tls = context.wrap_bio(self._incoming, self._outgoing, server_side=True)
@@ -174,7 +369,7 @@ class TlsTransport:
         self._records_waiting = False
 
     def handshake(self, deadline: float = 0.0) -> None:
-        """Complete the TLS handshake; raises ``ssl.SSLError`` or ``OSError``.
+        """Complete the TLS handshake; raises ``ssl.SSLError``, ``OSError`` or TimeoutError.
 
         ``deadline`` (a ``time.monotonic()`` value; 0 for none) bounds the
         whole handshake, not each read, so a peer that dribbles its hello a
@@ -189,18 +384,13 @@ class TlsTransport:
                     done = False
                 out = self._outgoing.read()
             if out:
-                self.sock.sendall(out)
+                rede.send_all(self.sock, out, _remaining(deadline, HANDSHAKE_SEND_BOUND))
             if done:
                 # The client's first records may have come in the same read
                 # as its Finished; the next ``recv`` must look at them first.
                 self._records_waiting = True
                 return
-            if deadline:
-                remaining = deadline - time.monotonic()
-                if remaining <= 0:
-                    raise TimeoutError("handshake TLS não terminou a tempo")
-                _set_kernel_timeout(self.sock, socket.SO_RCVTIMEO, remaining)
-            data = self.sock.recv(RECV_CHUNK)
+            data = _recv_some(self.sock, RECV_CHUNK, deadline)
             if not data:
                 raise ConnectionError("EOF durante o handshake TLS")
             self._incoming.write(data)
@@ -209,15 +399,15 @@ class TlsTransport:
         """Application bytes from the peer; ``b""`` at EOF.
 
         Reads the socket at most once. If what came holds no whole record
-        yet, raises ``BlockingIOError`` -- as a receive timeout does -- so
-        the caller checks its clocks before reading again: a peer dribbling
+        yet -- or nothing came -- raises ``BlockingIOError``, so the caller
+        waits and checks its clocks before reading again: a peer dribbling
         one record byte by byte cannot dodge the TEMPO bound.
         """
         data = b""
         if self._records_waiting:
             self._records_waiting = False
         else:
-            data = self.sock.recv(RECV_CHUNK)
+            data = self.sock.recv(self.chunk)
             if not data:
                 return b""
         with self._lock:
@@ -229,21 +419,37 @@ class TlsTransport:
                     if not chunk:
                         break
                     plain.append(chunk)
-            except ssl.SSLWantReadError:
-                pass
-            except ssl.SSLZeroReturnError:
+            except (ssl.SSLWantReadError, ssl.SSLZeroReturnError):
                 pass
             reply = self._outgoing.read()  # e.g. TLS 1.3 key updates
         if reply:
-            self.sock.sendall(reply)
+            rede.send_all(self.sock, reply, HANDSHAKE_SEND_BOUND)
         if not plain:
-            raise BlockingIOError(errno.EAGAIN, "registro TLS incompleto")
+            raise BlockingIOError("registro TLS incompleto")
         return b"".join(plain)
 
     def encode(self, data: bytes) -> bytes:
+        """Wire bytes for ``data``; raises ``ssl.SSLError`` once this peer's TLS is broken."""
         with self._lock:
             self._tls.write(data)
             return self._outgoing.read()
+
+
+def _remaining(deadline: float, default: float) -> float:
+    """Seconds left until ``deadline`` (a monotonic time; 0 means none: ``default``)."""
+    return max(0.001, deadline - time.monotonic()) if deadline else default
+
+
+def _recv_some(sock: socket.socket, size: int, deadline: float) -> bytes:
+    """One ``recv`` on a non-blocking socket, waiting for data until ``deadline`` (0: forever)."""
+    while True:
+        try:
+            return sock.recv(size)
+        except BlockingIOError:
+            pass
+        timeout = None if not deadline else max(0.0, deadline - time.monotonic())
+        if timeout == 0.0 or not rede.wait_readable(sock, timeout):
+            raise TimeoutError("tempo esgotado esperando dados")
 
 
 # --------------------------------------------------------------------------
@@ -251,96 +457,53 @@ class TlsTransport:
 
 
 class Outbox:
-    """A connection's queued output, bounded, with an on-demand writer thread.
+    """A connection's queued output, with an on-demand writer thread.
 
-    ``put`` only appends (cheap, any thread). ``flush`` tries one
-    non-blocking ``send`` of everything queued; what the kernel does not take
-    is handed to the writer thread, which blocks on the socket so nobody else
-    has to. While the writer holds data, ``flush`` leaves the queue alone, so
-    bytes always leave in the order they were queued.
+    ``put`` only appends (cheap, any thread, any lock order). ``flush`` takes
+    what is queued and tries one non-blocking ``send`` *outside* the lock;
+    what the kernel does not take is handed to the writer thread, which
+    waits for the socket so that nobody else has to. Only one thread sends
+    at a time (``_busy``), so bytes leave in the order they were queued.
+
+    ``max_pending`` is a soft bound: ``put`` says when the queue is past it,
+    and the callers decide -- a sender waits for the recipient to drain, a
+    connection stops reading its own requests until its replies go out.
+    ``progress_at`` tells whether the peer is reading at all; a connection
+    that makes no progress for ``send_timeout`` is reported broken.
+
+    For a version-1 account, MSG lines carry their message id: ``written_id``
+    is the newest one the kernel has taken, which is when the contract
+    counts such a message as received.
     """
 
     def __init__(self, transport: PlainTransport | TlsTransport, max_pending: int,
-                 name: str, on_broken: Callable[[str], None]) -> None:
+                 name: str, on_broken: Callable[[str], None], send_timeout: float) -> None:
         self._transport = transport
         self._sock = transport.sock
         self._max_pending = max_pending
         self._name = name
         self._on_broken = on_broken
-        # A plain lock for ``put`` and ``flush``: ``with`` on it costs no
-        # Python-level call, and most connections never need the condition
-        # (about 1 KiB each), which is made with the writer thread.
+        self._send_timeout = send_timeout or None
         self._lock = threading.Lock()
+        # Made on first need (the writer thread or a waiter): most connections never do.
         self._cond: threading.Condition | None = None
         self._queued: list[bytes] = []
+        self._queued_id = 0  # newest tracked message id among _queued
         self._unsent = b""  # wire bytes the kernel refused, for the writer
-        self._pending = 0  # bytes queued, unsent, or being sent by the writer
+        self._pending = 0  # bytes queued, unsent, or being sent
+        self._busy = False  # a flusher or the writer is sending
         self._writer: threading.Thread | None = None
-        self._writer_busy = False
         self._closed = False
         self._flush_on_close = False
+        self._wire_total = 0  # wire bytes taken for sending, ever
+        self._wire_sent = 0  # wire bytes the kernel accepted, ever
+        self._tracked: collections.deque[tuple[int, int]] = collections.deque()
+        self.written_id = 0
+        self.progress_at = time.monotonic()
 
     @property
     def pending(self) -> int:
         return self._pending
-
-    def put(self, data: bytes) -> bool:
-        """Queue ``data``; False if that takes the queue past its bound.
-
-        Data for a closed outbox is silently dropped: its peer is gone.
-        """
-        with self._lock:
-            if self._closed:
-                return True
-            self._queued.append(data)
-            self._pending += len(data)
-            return not self._max_pending or self._pending <= self._max_pending
-
-    def flush(self) -> None:
-        """Send what is queued without blocking; leave the rest to the writer."""
-        with self._lock:
-            if self._writer_busy or not self._queued or (self._closed and not self._flush_on_close):
-                return
-            wire = self._take_wire()
-            try:
-                sent = self._sock.send(wire, socket.MSG_DONTWAIT)
-            except BlockingIOError:
-                sent = 0
-            except OSError as exc:
-                self._queued.clear()
-                self._pending = 0
-                broken = f"erro ao enviar: {exc.strerror or exc}"
-            else:
-                broken = ""
-                self._pending -= sent
-                if sent < len(wire):
-                    self._unsent = wire[sent:]
-                    self._writer_busy = True
-                    self._wake_writer()
-        if broken:
-            self._on_broken(broken)
-
-    def close(self, flush: bool) -> None:
-        """Stop taking data; with ``flush``, let what is queued still go out."""
-        with self._lock:
-            self._closed = True
-            self._flush_on_close = flush
-            if not flush:
-                self._queued.clear()
-                self._unsent = b""
-                self._pending = 0
-            if self._cond is not None:
-                self._cond.notify()
-        if flush:
-            self.flush()
-
-    def join(self, timeout: float) -> bool:
-        """Wait for the writer to finish; True if it did (or never existed)."""
-        writer = self._writer
-        if writer is None:
-            return True
-        writer.join(timeout)
-        return not writer.is_alive()
 
     @property
     def closed(self) -> bool:
@@ -351,66 +514,211 @@ class Outbox:
     def drained(self) -> bool:
         return self._pending == 0
 
-    # -- internals (called with self._lock held) --
+    @property
+    def congested(self) -> bool:
+        """True when more than ``max_pending`` bytes wait for this peer."""
+        return bool(self._max_pending) and self._pending > self._max_pending
 
-    def _take_wire(self) -> bytes:
-        data = self._queued[0] if len(self._queued) == 1 else b"".join(self._queued)
-        self._queued.clear()
-        wire = self._transport.encode(data)
-        self._pending += len(wire) - len(data)
-        return wire
+    def put(self, data: bytes, message_id: int = 0) -> bool:
+        """Queue ``data``; False if the queue is now past ``max_pending``.
 
-    def _wake_writer(self) -> None:
-        if self._writer is None:
+        Data for a closed outbox is silently dropped: its peer is gone.
+        """
+        with self._lock:
+            if self._closed:
+                return True
+            if not self._pending:
+                self.progress_at = time.monotonic()  # a busy period starts now
+            self._queued.append(data)
+            self._pending += len(data)
+            if message_id:
+                self._queued_id = message_id
+            return not self._max_pending or self._pending <= self._max_pending
+
+    def flush(self) -> None:
+        """Send what is queued without blocking; leave the rest to the writer."""
+        for _ in range(4):  # a few rounds pick up what other threads queued meanwhile
+            with self._lock:
+                if (self._busy or not self._queued
+                        or (self._closed and not self._flush_on_close)):
+                    return
+                self._busy = True
+                wire, broken = self._take_wire_locked()
+            if not broken:
+                broken = self._send_once(wire)
+            if broken:
+                self._break(broken)
+                return
+
+    def _send_once(self, wire: bytes) -> str:
+        """One non-blocking send of ``wire`` (we own ``_busy``); '' or why the peer is broken."""
+        try:
+            sent = self._sock.send(wire)
+        except BlockingIOError:
+            sent = 0
+        except OSError as exc:
+            return f"erro ao enviar: {exc.strerror or exc}"
+        with self._lock:
+            self._account_locked(sent)
+            if sent < len(wire):
+                self._unsent = wire[sent:]
+                self._wake_writer_locked()  # it inherits _busy
+            else:
+                self._busy = False
+        return ""
+
+    def wait_below(self, level: int, stall_timeout: float, stop: threading.Event) -> bool:
+        """Wait until at most ``level`` bytes are pending (or the outbox closes).
+
+        False if the peer made no progress for ``stall_timeout`` seconds, or
+        ``stop`` was set: the caller decides what that means.
+        """
+        with self._lock:
             if self._cond is None:
                 self._cond = threading.Condition(self._lock)
+            while self._pending > level and not self._closed:
+                if stop.is_set():
+                    return False
+                idle = time.monotonic() - self.progress_at
+                if stall_timeout and idle >= stall_timeout:
+                    return False
+                self._cond.wait(0.2 if not stall_timeout else min(0.2, stall_timeout - idle))
+            return True
+
+    def stalled_for(self, now: float) -> float:
+        """Seconds since the peer last took a byte while output waited (0 when idle)."""
+        return now - self.progress_at if self._pending else 0.0
+
+    def close(self, flush: bool) -> None:
+        """Stop taking data; with ``flush``, let what is queued still go out."""
+        with self._lock:
+            self._closed = True
+            self._flush_on_close = flush
+            if not flush:
+                self._drop_locked()
+            if self._cond is not None:
+                self._cond.notify_all()
+        if flush:
+            self.flush()
+
+    def join(self, timeout: float) -> bool:
+        """Wait for the writer to finish; True if it did (or never existed)."""
+        writer = self._writer
+        if writer is None:
+            return True
+        writer.join(max(0.0, timeout))
+        return not writer.is_alive()
+
+    # -- internals --
+
+    def _break(self, reason: str) -> None:
+        with self._lock:
+            self._closed = True
+            self._drop_locked()
+            self._busy = False
+            if self._cond is not None:
+                self._cond.notify_all()
+        self._on_broken(reason)
+
+    def _drop_locked(self) -> None:
+        self._queued.clear()
+        self._unsent = b""
+        self._pending = 0
+        self._tracked.clear()
+
+    def _take_wire_locked(self) -> tuple[bytes, str]:
+        """Everything queued, encoded for the wire: (wire, '') or (b'', why TLS broke)."""
+        data = self._queued[0] if len(self._queued) == 1 else b"".join(self._queued)
+        self._queued.clear()
+        try:
+            wire = self._transport.encode(data)
+        except (ssl.SSLError, ValueError) as exc:  # this peer's TLS state is broken
+            return b"", f"erro de TLS: {exc}"
+        self._pending += len(wire) - len(data)
+        self._wire_total += len(wire)
+        if self._queued_id:
+            self._tracked.append((self._wire_total, self._queued_id))
+            self._queued_id = 0
+        return wire, ""
+
+    def _account_locked(self, sent: int) -> None:
+        if not sent:
+            return
+        self._pending = max(0, self._pending - sent)
+        self._wire_sent += sent
+        self.progress_at = time.monotonic()
+        tracked = self._tracked
+        while tracked and tracked[0][0] <= self._wire_sent:
+            self.written_id = tracked.popleft()[1]
+        if self._cond is not None:
+            self._cond.notify_all()
+
+    def _wake_writer_locked(self) -> None:
+        if self._cond is None:
+            self._cond = threading.Condition(self._lock)
+        if self._writer is None:
             self._writer = threading.Thread(target=self._run_writer, daemon=True,
                                             name=f"escritor-{self._name}")
             self._writer.start()
         else:
-            self._cond.notify()
+            self._cond.notify_all()
 
     def _run_writer(self) -> None:
-        """Writer thread: send, blocking, whatever ``flush`` could not."""
-        while True:
-            with self._lock:
-                while not (self._unsent or self._queued) and not self._closed:
-                    self._writer_busy = False
-                    self._cond.wait()
-                    self._writer_busy = bool(self._unsent or self._queued)
-                if ((self._closed and not self._flush_on_close)
-                        or not (self._unsent or self._queued)):
-                    # Closed (and drained, if flushing). Saying so under the
-                    # lock lets a last ``flush`` start a new writer if needed.
-                    self._writer = None
-                    self._writer_busy = False
-                    return
-                wire = self._unsent
-                self._unsent = b""
-                if self._queued:
-                    wire += self._take_wire()
-            try:
-                self._sock.sendall(wire)
-            except OSError as exc:
-                reason = "cliente parou de ler" if isinstance(exc, BlockingIOError) \
-                    else f"erro ao enviar: {exc.strerror or exc}"
+        """Writer thread: send, waiting for the socket, whatever ``flush`` could not."""
+        broken = ""
+        try:
+            while not broken:
                 with self._lock:
-                    self._closed = True
-                    self._queued.clear()
-                    self._pending = 0
-                    self._writer = None
-                self._on_broken(reason)
-                return
+                    while not (self._unsent or self._queued) and not self._closed:
+                        self._busy = False
+                        self._cond.wait()
+                    if (self._closed and not self._flush_on_close) \
+                            or not (self._unsent or self._queued):
+                        return
+                    self._busy = True
+                    wire, self._unsent = self._unsent, b""
+                    if self._queued:
+                        more, broken = self._take_wire_locked()
+                        wire += more
+                if not broken:
+                    broken = self._send_waiting(wire)
+        finally:
             with self._lock:
-                # max(): close(flush=False) may have zeroed the count meanwhile.
-                self._pending = max(0, self._pending - len(wire))
+                # Saying so under the lock lets a last ``flush`` start a new writer.
+                self._writer = None
+                self._busy = False
+                if self._cond is not None:
+                    self._cond.notify_all()
+            if broken:
+                self._break(broken)
+
+    def _send_waiting(self, wire: bytes) -> str:
+        """Send all of ``wire``, waiting for room; '' or why the peer is broken."""
+        view = memoryview(wire)
+        while view:
+            try:
+                sent = self._sock.send(view)
+            except BlockingIOError:
+                sent = 0
+            except OSError as exc:
+                return f"erro ao enviar: {exc.strerror or exc}"
+            if sent:
+                with self._lock:
+                    self._account_locked(sent)
+                view = view[sent:]
+                continue
+            if self._closed and not self._flush_on_close:
+                return ""
+            if not rede.wait_writable(self._sock, self._send_timeout):
+                return "cliente parou de ler"
+        return ""
 
 
 # --------------------------------------------------------------------------
-# Registry
+# Registry: nicknames and presence
 
 
-@dataclass
+@dataclass(eq=False)
 class Entry:
     """One registered user."""
 
@@ -421,55 +729,91 @@ class Entry:
     connection: ClientConnection
     relay: bool
     """False for the directory-only form: no pushes, ENVIAR to it is SO_DIRETO."""
+    account: bool = False
+    """True when the nickname is an account's (registered with its password)."""
 
 
 class Registry:
-    """Nickname -> ``Entry``, keyed case-insensitively, plus presence subscribers.
+    """Nickname key -> ``Entry``, plus the presence subscribers.
 
-    Writers take ``_lock``; the lock is held only to change or copy the
-    dictionaries, never while a socket is touched. Readers on the message
-    path (``get``) skip the lock: a single ``dict.get`` is atomic in Python,
-    and what they find is at worst a user who leaves a moment later.
+    Writers take ``_lock``. The ENTROU/SAIU lines that a change causes are
+    appended to the subscribers' outboxes *under* the lock -- an append is
+    memory only -- so every subscriber sees the changes in the order they
+    happened, and the last event it gets for a nickname matches the registry.
+    The caller flushes those outboxes afterwards, outside the lock. Readers
+    on the message path (``get``) skip the lock: a single ``dict.get`` is
+    atomic in Python.
     """
 
     def __init__(self) -> None:
         self._lock = threading.Lock()
         self._entries: dict[str, Entry] = {}
-        self._subscribers: dict[str, ClientConnection] = {}
+        self._subscribers: tuple[ClientConnection, ...] = ()  # replaced, never mutated
+        self._listing: bytes | None = None  # LISTAR's reply, rebuilt after a change
+        self._generation = 0  # counts changes, so a stale reply is never cached
 
     def get(self, key: str) -> Entry | None:
         return self._entries.get(key)
 
-    def add(self, key: str, entry: Entry) -> list[ClientConnection] | None:
-        """Register ``entry``; None if the key is taken, else who to tell."""
+    def add(self, key: str, entry: Entry) -> tuple[ClientConnection, ...] | None:
+        """Register ``entry`` and tell the subscribers; None if the key is taken.
+
+        Returns the subscribers whose outboxes now need a flush.
+        """
+        line = protocolo.format_joined(entry.nick)
         with self._lock:
             if key in self._entries:
                 return None
             self._entries[key] = entry
-            return list(self._subscribers.values())
+            self._listing = None
+            self._generation += 1
+            return self._push_locked(line, entry.connection)
 
-    def remove(self, key: str, connection: ClientConnection) -> list[ClientConnection]:
-        """Drop ``connection``'s registration; returns the subscribers to tell."""
+    def remove(self, key: str, connection: ClientConnection) -> tuple[ClientConnection, ...]:
+        """Drop ``connection``'s registration and tell the subscribers; returns them."""
         with self._lock:
             entry = self._entries.get(key)
             if entry is None or entry.connection is not connection:
-                return []
+                return ()
             del self._entries[key]
-            self._subscribers.pop(key, None)
-            return list(self._subscribers.values())
+            self._listing = None
+            self._generation += 1
+            if connection in self._subscribers:
+                self._subscribers = tuple(s for s in self._subscribers if s is not connection)
+            return self._push_locked(protocolo.format_left(entry.nick), connection)
 
     def subscribe(self, key: str, connection: ClientConnection) -> None:
         with self._lock:
             entry = self._entries.get(key)
-            if entry is not None and entry.connection is connection and entry.relay:
-                self._subscribers[key] = connection
+            if (entry is not None and entry.connection is connection and entry.relay
+                    and connection not in self._subscribers):
+                self._subscribers = (*self._subscribers, connection)
+
+    def _push_locked(self, line: bytes, actor: ClientConnection) -> tuple[ClientConnection, ...]:
+        subscribers = self._subscribers
+        for subscriber in subscribers:
+            if subscriber is not actor:
+                subscriber.push(line)
+        return subscribers
 
     def listing(self) -> list[tuple[str, str, int]]:
-        """(nick, ip, port) of everybody, sorted case-insensitively."""
+        """(nick, ip, port) of everybody, sorted by key."""
         with self._lock:
-            entries = list(self._entries.items())
-        entries.sort()
+            entries = sorted(self._entries.items())
         return [(e.nick, e.ip, e.port) for _, e in entries]
+
+    def listing_reply(self) -> bytes:
+        """LISTAR's whole reply, cached between changes (a LISTAR costs no formatting)."""
+        reply = self._listing
+        if reply is None:
+            with self._lock:
+                generation = self._generation
+                entries = sorted(self._entries.items())
+            reply = protocolo.format_users([(e.nick, e.ip, e.port) for _, e in entries])
+            with self._lock:
+                if self._generation == generation:  # no change while we formatted
+                    self._listing = reply
+        return reply
 
     def nicks(self) -> list[str]:
         return [nick for nick, _, _ in self.listing()]
@@ -479,26 +823,76 @@ class Registry:
 
 
 # --------------------------------------------------------------------------
-# One client
+# Rooms
 
 
-class TokenBucket:
-    """Allow ``rate`` requests per second on average, ``burst`` at once."""
+class Room:
+    """A room and its members; ``members`` is a tuple replaced on every change.
 
-    def __init__(self, rate: float, burst: int) -> None:
-        self.rate = rate
-        self.burst = max(1, burst)
-        self._tokens = float(self.burst)
-        self._stamp = time.monotonic()
+    So the fan-out of a message iterates the members as they were when it
+    was delivered, without copying the list for every message.
+    """
 
-    def take(self) -> bool:
-        now = time.monotonic()
-        self._tokens = min(self.burst, self._tokens + (now - self._stamp) * self.rate)
-        self._stamp = now
-        if self._tokens >= 1.0:
-            self._tokens -= 1.0
+    __slots__ = ("key", "members", "name")
+
+    def __init__(self, key: str, name: str) -> None:
+        self.key = key
+        self.name = name
+        self.members: tuple[ClientConnection, ...] = ()
+
+
+class Rooms:
+    """Every room that has members, by key; a room ends with its last member.
+
+    As in ``Registry``, the ENTROU/SAIU lines for the other members are
+    appended under the lock, so they follow the membership in order.
+    """
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._rooms: dict[str, Room] = {}
+
+    def get(self, key: str) -> Room | None:
+        return self._rooms.get(key)
+
+    def join(self, key: str, name: str, connection: ClientConnection) -> Room:
+        """Make ``connection`` a member (created with the spelling ``name`` if new)."""
+        with self._lock:
+            room = self._rooms.get(key)
+            if room is None:
+                room = self._rooms[key] = Room(key, name)
+            if connection not in room.members:
+                line = protocolo.format_joined(connection.nick, room.name)
+                for member in room.members:
+                    member.push(line)
+                room.members = (*room.members, connection)
+            return room
+
+    def leave(self, room: Room, connection: ClientConnection) -> bool:
+        """Remove ``connection`` from ``room``; False if it was not a member."""
+        with self._lock:
+            if connection not in room.members:
+                return False
+            room.members = tuple(m for m in room.members if m is not connection)
+            line = protocolo.format_left(connection.nick, room.name)
+            for member in room.members:
+                member.push(line)
+            if not room.members and self._rooms.get(room.key) is room:
+                del self._rooms[room.key]
             return True
-        return False
+
+    def listing(self) -> list[tuple[str, int]]:
+        """(name, member count) of every room, sorted by key."""
+        with self._lock:
+            rooms = sorted(self._rooms.items())
+        return [(room.name, len(room.members)) for _, room in rooms]
+
+    def __len__(self) -> int:
+        return len(self._rooms)
+
+
+# --------------------------------------------------------------------------
+# Turn-taking
 
 
 class FairTurn:
@@ -509,16 +903,15 @@ class FairTurn:
     call (a non-blocking ``send``, a ``recv`` that finds data waiting) takes
     it again before the thread that was woken for it gets to run, and that
     one goes back to waiting. Under load a few busy connections then handle
-    batch after batch while others wait tens of milliseconds: with 100 busy
-    pairs the p99 latency was five times the median or more. Handing the turn
-    over first come, first served gives every busy connection one batch per
-    round.
+    batch after batch while others wait tens of milliseconds. Handing the
+    turn over first come, first served gives every busy connection one batch
+    per round.
 
-    The turn guards no data (the registry and every outbox have their own
-    locks), so correctness never depends on it: a thread that waits longer
-    than ``patience`` seconds -- say the holder is stuck writing a log line
-    to a stopped terminal -- simply goes ahead without it. It is held for
-    CPU work and non-blocking sends only, never while waiting for a peer.
+    The turn guards no data (the registry, the rooms and every outbox have
+    their own locks), so correctness never depends on it: a thread that waits
+    longer than ``patience`` seconds simply goes ahead without it. It is held
+    for CPU work and non-blocking sends only, never while waiting for a peer,
+    a disk or a password hash.
     """
 
     def __init__(self, patience: float = TURN_PATIENCE) -> None:
@@ -556,33 +949,228 @@ class FairTurn:
                 self._taken = False
 
 
+# --------------------------------------------------------------------------
+# The message log: store first, then deliver, in one order
+
+
+class Outgoing:
+    """One accepted ENVIAR on its way: stored, then delivered, then answered."""
+
+    __slots__ = ("congested", "error", "message", "message_id", "raw_text", "recipients",
+                 "room", "sender", "target", "text", "time_ms")
+
+    def __init__(self, sender: ClientConnection, target: str, text: str, raw_text: bytes,
+                 room: Room | None, message: armazem.NewMessage) -> None:
+        self.sender = sender
+        self.target = target  # the recipient's nickname as registered, or the room's name
+        self.text = text
+        self.raw_text = raw_text
+        self.room = room
+        self.message = message
+        self.message_id = 0
+        self.time_ms = 0
+        self.error = ""
+        self.recipients: tuple[ClientConnection, ...] = ()  # whose outboxes need a flush
+        self.congested: list[ClientConnection] = []
+
+    def reply(self, version: int) -> bytes:
+        """The sender's answer: OK (v2: with id and time) or why it was not stored."""
+        if self.error:
+            return protocolo.format_error(ErrorCode.ARMAZENAMENTO, self.error)
+        if version >= 2:
+            return protocolo.format_ok_message(self.message_id, self.time_ms)
+        return protocolo.OK_LINE
+
+
+class _Ticket:
+    """One connection's messages waiting in the group-commit queue."""
+
+    __slots__ = ("done", "outgoing", "promoted")
+
+    def __init__(self, outgoing: list[Outgoing]) -> None:
+        self.outgoing = outgoing
+        self.done = threading.Event()
+        self.promoted = False  # woken to lead the next group, not because it is done
+
+
+class MessageLog:
+    """Stores messages before their ``OK`` and delivers them in id order.
+
+    Group commit: a connection with messages to store joins a queue; if no
+    commit is running it leads one, taking everything queued -- messages
+    from many connections -- into one transaction; the others wait. After
+    committing, the leader delivers every message of the group in id order
+    while holding ``deliver_lock``, so all members of a room see one order,
+    and an account going live (``go_live``) never misses or reorders a
+    message. Then it hands the lead to the first connection that queued
+    meanwhile. Delivering only appends to outboxes (memory); the senders
+    flush them afterwards, each from its own thread.
+
+    With an in-memory store (``--efemero``) a commit costs nothing, so each
+    connection simply stores and delivers its own messages under the lock.
+    """
+
+    def __init__(self, store: armazem.Store | armazem.MemoryStore,
+                 deliver: Callable[[Outgoing], None]) -> None:
+        self.store = store
+        self._deliver = deliver
+        self.deliver_lock = threading.Lock()
+        self._queue_lock = threading.Lock()
+        self._queue: list[_Ticket] = []
+        self._leading = False
+
+    def submit(self, outgoing: list[Outgoing]) -> None:
+        """Store and deliver ``outgoing``; on return each has an id or an ``error``."""
+        ticket = _Ticket(outgoing)
+        if not self.store.durable:
+            self._commit([ticket])
+            return
+        with self._queue_lock:
+            self._queue.append(ticket)
+            lead = not self._leading
+            self._leading = True
+        if not lead and not self._wait(ticket):
+            return
+        if lead or ticket.promoted:
+            self._lead()
+
+    def _wait(self, ticket: _Ticket) -> bool:
+        """Wait as a follower; True if we were promoted to lead, False when done."""
+        if not ticket.done.wait(COMMIT_WAIT_BOUND):
+            with self._queue_lock:
+                if ticket in self._queue:  # never taken: safe to refuse
+                    self._queue.remove(ticket)
+                    for item in ticket.outgoing:
+                        item.error = "o armazenamento não respondeu a tempo; tente de novo"
+                    return False
+            ticket.done.wait(COMMIT_WAIT_BOUND)  # being committed right now
+            if not ticket.done.is_set():
+                for item in ticket.outgoing:
+                    item.error = ("o armazenamento não respondeu a tempo; a mensagem pode "
+                                  "ter sido guardada")
+                return False
+        return ticket.promoted
+
+    def _lead(self) -> None:
+        with self._queue_lock:
+            tickets, self._queue = self._queue, []
+        try:
+            self._commit(tickets)
+        finally:
+            with self._queue_lock:
+                if self._queue:
+                    following = self._queue[0]
+                    following.promoted = True
+                    following.done.set()
+                else:
+                    self._leading = False
+
+    def _commit(self, tickets: list[_Ticket]) -> None:
+        outgoing = [item for ticket in tickets for item in ticket.outgoing]
+        try:
+            with self.deliver_lock:
+                try:
+                    stamps = self.store.append_messages([item.message for item in outgoing])
+                except armazem.StoreError as exc:
+                    log.error("falha ao guardar %d mensagem(ns): %s", len(outgoing), exc)
+                    for item in outgoing:
+                        item.error = f"o servidor não conseguiu guardar a mensagem ({exc})"
+                    return
+                for item, (message_id, time_ms) in zip(outgoing, stamps, strict=True):
+                    item.message_id, item.time_ms = message_id, time_ms
+                    self._deliver(item)
+        except Exception:  # a bug must not leave senders waiting forever
+            log.exception("erro inesperado ao entregar mensagens")
+            for item in outgoing:
+                if not item.message_id:
+                    item.error = "erro interno do servidor"
+        finally:
+            for ticket in tickets:
+                if not ticket.promoted:
+                    ticket.done.set()
+
+
+# --------------------------------------------------------------------------
+# Accounts: passwords and their limits
+
+
+class Passwords:
+    """Hashing and checking passwords, a few at a time.
+
+    A hash costs tens of milliseconds of CPU (by design: that is what makes
+    stolen hashes slow to crack), so an unbounded number of them at once
+    would be a lever to exhaust the server; ``slots`` bounds them, and the
+    per-address limits bound who may ask.
+    """
+
+    def __init__(self, slots: int) -> None:
+        self._slots = threading.BoundedSemaphore(max(1, slots))
+
+    def hash(self, password: str) -> str:
+        with self._slots:
+            return armazem.hash_password(password)
+
+    def verify(self, password: str, record: str) -> bool:
+        with self._slots:
+            return armazem.verify_password(password, record)
+
+
+def _recent(times: collections.deque[float], window: float, now: float) -> int:
+    """How many of ``times`` fall within the last ``window`` seconds (old ones dropped)."""
+    while times and now - times[0] > window:
+        times.popleft()
+    return len(times)
+
+
+# --------------------------------------------------------------------------
+# One client
+
+
 class ClientConnection:
     """One client's socket, served by its own thread from accept to close."""
 
-    def __init__(self, server: Servidor, sock: socket.socket, ip: str, port: int) -> None:
+    def __init__(self, server: Servidor, sock: socket.socket, ip: str, port: int,
+                 address: AddressState) -> None:
         self.server = server
         self.config = server.config
         self.sock = sock
         self.ip = ip
         self.port = port
-        self.name = f"{ip}:{port}" if ":" not in ip else f"[{ip}]:{port}"
+        self.address = address
+        self.name = rede.format_host_port(ip, port)
         if self.config.tls_context is not None:
             self.transport: PlainTransport | TlsTransport = TlsTransport(
                 sock, self.config.tls_context)
         else:
             self.transport = PlainTransport(sock)
-        self.outbox = Outbox(self.transport, self.config.max_pending, self.name, self.abort)
+        self.outbox = Outbox(self.transport, self.config.max_pending, self.name, self.abort,
+                             self.config.send_timeout)
+        self.version = 1
         self.nick: str | None = None
         self.key: str | None = None
+        self.nick_bytes = b""
         self.relay = False
-        self.bucket = TokenBucket(self.config.rate, self.config.burst) if self.config.rate else None
+        self.account = False
+        self.live = False
+        """True once deliveries may go straight to this connection (after any catch-up)."""
+        self.received_id = 0  # the cursor last stored for a version-1 account
+        self.rooms: dict[str, Room] = {}
+        self.bucket = TokenBucket(self.config.rate, self.config.burst) if self.config.rate \
+            else None
         self.thread = threading.Thread(target=self.run, daemon=True, name=f"conexao-{self.name}")
+        self.stopping = threading.Event()
         self._close_lock = threading.Lock()
         self._closed = False
         self._quitting = False
         self._close_reason = ""
-        self._touched: dict[int, ClientConnection] = {}
         self._deadline = 0.0
+        self._turn = False
+        self._sends: list[Outgoing | bytes] = []  # ENVIAR answers not yet given, in order
+        self._touched: dict[int, ClientConnection] = {}
+        self._after_reply: Callable[[], None] | None = None
+        self._reply_bytes = 0
+        self._dropped_while_waiting: set[str] = set()  # recipients' keys, to say why they went
+        self.dropped_as_slow = False
 
     # -- life cycle --
 
@@ -591,10 +1179,12 @@ class ClientConnection:
         reason = "cliente desconectou"
         try:
             self._arm_register_timer()
-            self.transport.handshake(self._deadline)  # TEMPO bounds the TLS handshake too
+            self._handshake()
             reason = self._serve()
         except (ssl.SSLError, ConnectionError) as exc:
             reason = f"falha de rede: {exc}"
+        except TimeoutError:
+            reason = "tempo esgotado"
         except OSError as exc:
             reason = f"falha de rede: {exc.strerror or exc}"
         except Exception:
@@ -603,6 +1193,19 @@ class ClientConnection:
         finally:
             self._cleanup(self._close_reason or reason)
 
+    def _handshake(self) -> None:
+        """TLS only: bounded by the TEMPO clock, and by the address's handshake budget."""
+        if not isinstance(self.transport, TlsTransport):
+            return
+        bucket = self.address.tls_handshakes
+        if bucket is not None and not bucket.take():
+            raise ConnectionError("handshakes TLS demais deste endereço")
+        self.address.handshakes += 1
+        try:
+            self.transport.handshake(self._deadline)
+        finally:
+            self.address.handshakes -= 1
+
     def abort(self, reason: str) -> None:
         """Disconnect from any thread: wakes this connection's thread, which cleans up."""
         with self._close_lock:
@@ -610,146 +1213,357 @@ class ClientConnection:
                 return
             if not self._close_reason:
                 self._close_reason = reason
+            self.stopping.set()
             with contextlib.suppress(OSError):
                 self.sock.shutdown(socket.SHUT_RDWR)
         self.outbox.close(flush=False)
 
     def _cleanup(self, reason: str) -> None:
-        """The one exit path: unregister once, flush, close, forget."""
-        self._unregister()
-        self.outbox.close(flush=True)
+        """The one exit path: every step runs even if an earlier one fails.
+
+        A broken peer (a TLS state that raises, a socket already gone) must
+        never keep its slot, its address count, its registration or its
+        socket: each release is attempted on its own.
+        """
+        self.stopping.set()
+        self._release_turn()
+        steps = (
+            self._fail_unsent,
+            self._unregister,
+            lambda: self.outbox.close(flush=True),
+            self._wait_for_writer,
+            self._close_socket,
+            lambda: self.server.forget(self),
+        )
+        for step in steps:
+            try:
+                step()
+            except Exception:
+                log.exception("erro ao encerrar a conexão %s", self.name)
+        log.info("%s desconectado (%s)", self.name, reason)
+
+    def _wait_for_writer(self) -> None:
         if not self.outbox.join(self.config.shutdown_flush):
-            self.abort(reason)
+            self.abort("saída não esvaziou a tempo")
             self.outbox.join(self.config.shutdown_flush)
+
+    def _close_socket(self) -> None:
         with self._close_lock:
             self._closed = True
             self.sock.close()
-        self.server._forget(self)
-        log.info("%s desconectado (%s)", self.name, reason)
+
+    def drop_as_slow(self) -> None:
+        """Disconnect a recipient that makes no progress while others wait for it."""
+        self.dropped_as_slow = True
+        self.abort("destinatário lento: não lê o que recebe")
+
+    def push(self, line: bytes, message_id: int = 0) -> bool:
+        """Queue a push for this client (any thread, any lock); False when it is congested."""
+        return self.outbox.put(line, message_id)
 
     # -- reading --
 
     def _arm_register_timer(self) -> None:
         """Start (or, once registered, stop) the TEMPO clock of an unregistered connection."""
         limit = self.config.register_timeout
-        if limit and self.key is None:
-            self._deadline = time.monotonic() + limit
-        else:
-            self._deadline = 0.0
-            _set_kernel_timeout(self.sock, socket.SO_RCVTIMEO, 0)
+        self._deadline = time.monotonic() + limit if limit and self.key is None else 0.0
 
     def _serve(self) -> str:
         """Read and answer lines; returns why the connection ended."""
         splitter = protocolo.LineSplitter(self.config.max_line)
         while not self._quitting:
-            if self._deadline and not self._bound_next_recv():
+            if not self._pace():
+                return self._close_reason or "encerrando"
+            data = self._read()
+            if data is None:
                 self._send_now(protocolo.format_error(
                     ErrorCode.TEMPO, "nenhum comando completo a tempo; conexão encerrada"))
                 return "tempo esgotado sem registro"
-            try:
-                data = self.transport.recv()
-            except BlockingIOError:
-                # The receive timeout (armed only while unregistered), or a TLS
-                # record still incomplete: check the TEMPO clock, read again.
-                continue
             if not data:
                 return "cliente desconectou"
-            held = self.server.turn.acquire()
-            try:
-                lines = splitter.feed(data)
-                if lines:
-                    self._handle_lines(lines)
-            finally:
-                self.server.turn.release(held)
+            lines = splitter.feed(data)
+            self.address.charge_reading(len(lines), len(data))
+            if lines:
+                self._handle_lines(lines)
         return "SAIR"
 
-    def _bound_next_recv(self) -> bool:
-        """Make the next ``recv`` wait no longer than the TEMPO deadline; False if it passed."""
-        remaining = self._deadline - time.monotonic()
-        if remaining <= 0:
+    def _pace(self) -> bool:
+        """Wait until this connection may read again; False if it is being closed.
+
+        Two things hold a connection back: its address's budget (it sent, or
+        caused, more than its share), and its own replies that it has not
+        read yet. While it waits nothing is read, so TCP slows the client.
+        """
+        delay = self.address.reading_delay()
+        self.transport.chunk = THROTTLED_RECV_CHUNK if delay else max(
+            self.transport.chunk, IDLE_RECV_CHUNK)
+        while delay > 0:
+            if self.stopping.wait(min(delay, 1.0)):
+                return False
+            delay = self.address.reading_delay()
+        if self.outbox.pending > OWN_OUTPUT_LOW_WATER and not self.outbox.wait_below(
+                OWN_OUTPUT_LOW_WATER, self.config.send_timeout, self.stopping):
+            if not self.stopping.is_set():
+                self.abort("cliente parou de ler as respostas")
             return False
-        _set_kernel_timeout(self.sock, socket.SO_RCVTIMEO, remaining)
-        return True
+        return not self.stopping.is_set()
+
+    def _read(self) -> bytes | None:
+        """The next chunk from the peer; b"" at EOF; None when the TEMPO clock ran out."""
+        while True:
+            try:
+                return self.transport.recv()
+            except BlockingIOError:
+                pass
+            timeout = None
+            if self._deadline:
+                timeout = self._deadline - time.monotonic()
+                if timeout <= 0:
+                    return None
+            rede.wait_readable(self.sock, timeout)
+            if self.stopping.is_set():
+                return b""
 
     def _handle_lines(self, lines: list[bytes | protocolo.LineTooLong]) -> None:
-        """Answer a batch of lines, then flush every outbox they touched once.
-
-        The recipients' outboxes go first: their messages are what people
-        wait for, while this connection's own replies (the OKs) only let its
-        sender send more.
-        """
-        touched = self._touched
-        was_registered = self.key is not None
-        for raw in lines:
-            if self._quitting:
+        """Answer a batch of lines, a bounded number per turn, then flush what they touched."""
+        self._reply_bytes = 0
+        for start in range(0, len(lines), MAX_LINES_PER_TURN):
+            self._take_turn()
+            try:
+                for raw in lines[start:start + MAX_LINES_PER_TURN]:
+                    if self._quitting:
+                        break
+                    self._answer(raw)
+                self._settle_sends()
+                self._flush_touched()
+            finally:
+                self._release_turn()
+            if self._quitting or self.stopping.is_set():
                 break
-            reply = self._answer(raw)
-            if reply is not None:
-                if not self.outbox.put(reply):
-                    self.abort("saída pendente cheia")
-                    break  # still flush the messages already queued for others
-                if self.outbox.pending > EARLY_FLUSH_BYTES:
-                    self.outbox.flush()  # e.g. pipelined LISTARs: don't pile them all up
-        if touched:
-            for other in touched.values():
-                other.outbox.flush()
-            touched.clear()
-        self.outbox.flush()
-        if was_registered != (self.key is not None):
-            self._arm_register_timer()
-        elif self._deadline:
-            self._deadline = time.monotonic() + self.config.register_timeout
+        if self._reply_bytes:
+            self.address.charge_reading(0, self._reply_bytes)
 
-    def _answer(self, raw: bytes | protocolo.LineTooLong) -> bytes | None:
-        """The reply to one line (None for a blank line)."""
+    def _take_turn(self) -> None:
+        if not self._turn:
+            self._turn = self.server.turn.acquire()
+
+    def _release_turn(self) -> None:
+        if self._turn:
+            self._turn = False
+            self.server.turn.release(True)
+
+    def _answer(self, raw: bytes | protocolo.LineTooLong) -> None:
+        """Answer one line: a reply queued, an ENVIAR on its way, or nothing (blank)."""
         if raw is not protocolo.LINE_TOO_LONG and not raw.strip(b" "):
-            return None  # blank lines get no reply, so they cannot be rate-limited either
+            return  # blank: no reply (it was paid for in the address's budget)
+        if self._deadline:  # a request restarts the TEMPO clock (a blank line does not)
+            self._deadline = time.monotonic() + self.config.register_timeout
         if self.bucket is not None and not self.bucket.take():
-            return protocolo.format_error(
-                ErrorCode.LIMITE, "muitos comandos por segundo; comando ignorado")
+            self._reply(protocolo.format_error(
+                ErrorCode.LIMITE, "muitos comandos por segundo; comando ignorado"))
+            return
         if raw is protocolo.LINE_TOO_LONG:
-            return protocolo.format_error(
-                ErrorCode.LINHA_LONGA, f"linha maior que {self.config.max_line} bytes")
+            self._reply(protocolo.format_error(
+                ErrorCode.LINHA_LONGA, f"linha maior que {self.config.max_line} bytes"))
+            return
         try:
+            plain = protocolo.parse_plain_send(raw)
+            if plain is not None:  # the hot path
+                self._queue_send(*plain)
+                return
             request = protocolo.parse_request(protocolo.decode_line(raw))
             if request is None:
-                return None
-            if isinstance(request, protocolo.Send):  # the hot path first
-                return self._handle_send(request)
-            return self._HANDLERS[type(request)](self, request)
+                return
+            if isinstance(request, protocolo.Send):
+                self._queue_send(request.target, request.text, request.text.encode())
+                return
+            self._settle_sends()  # what was sent before this request happens before it
+            reply = self._HANDLERS[type(request)](self, request)
         except ProtocolError as exc:
-            return exc.to_line()
+            reply = exc.to_line()
+        self._reply(reply)
+        if self._after_reply is not None:
+            after, self._after_reply = self._after_reply, None
+            after()
+
+    def _reply(self, line: bytes) -> None:
+        """Queue a reply, in order with the ENVIAR answers still waiting for their commit."""
+        if self._sends:
+            self._sends.append(line)
+            return
+        self._reply_bytes += len(line)
+        self.outbox.put(line)
+        if self.outbox.pending > EARLY_FLUSH_BYTES:
+            self.outbox.flush()  # e.g. pipelined LISTARs: don't pile them all up
 
     def _send_now(self, line: bytes) -> None:
         """Queue ``line`` and push it out at once (used right before closing)."""
         self.outbox.put(line)
         self.outbox.flush()
 
-    # -- requests --
+    # -- sending messages --
 
     def _require_registration(self) -> None:
         if self.key is None:
             raise ProtocolError(ErrorCode.NAO_REGISTRADO,
                                 "registre-se primeiro com REGISTRAR <apelido>")
 
-    def _handle_send(self, request: protocolo.Send) -> bytes:
+    def _require_relay(self) -> None:
         self._require_registration()
-        entry = self.server.registry.get(protocolo.nick_key(request.target))
-        if entry is None:
-            raise ProtocolError(ErrorCode.NAO_ENCONTRADO,
-                                f"{request.target} não está conectada")
-        if not entry.relay:
+        if not self.relay:
             raise ProtocolError(ErrorCode.SO_DIRETO,
-                                f"{entry.nick} está só no diretório e não recebe mensagens")
+                                "um registro só de diretório não participa de salas")
+
+    def _queue_send(self, target: str, text: str, raw_text: bytes) -> None:
+        """Check an ENVIAR and put it on its way; its answer comes after the commit."""
+        try:
+            self._require_registration()
+            if protocolo.is_room(target):
+                outgoing = self._outgoing_to_room(target, text, raw_text)
+            else:
+                outgoing = self._outgoing_to_nick(target, text, raw_text)
+        except ProtocolError as exc:
+            self._reply(exc.to_line())
+            return
+        self._sends.append(outgoing)
+
+    def _outgoing_to_room(self, name: str, text: str, raw_text: bytes) -> Outgoing:
+        if not self.relay:
+            raise ProtocolError(ErrorCode.SO_DIRETO,
+                                "um registro só de diretório não participa de salas")
+        if not protocolo.valid_room(name):
+            raise ProtocolError(ErrorCode.SALA_INVALIDA, f"nome de sala inválido: {name[:40]}")
+        room = self.rooms.get(protocolo.room_key(name))
+        if room is None:
+            raise ProtocolError(ErrorCode.NAO_MEMBRO, f"entre em {name} antes (ENTRAR {name})")
+        message = armazem.NewMessage(self.key, self.nick, room.key, room.name, text, True, False)
+        return Outgoing(self, room.name, text, raw_text, room, message)
+
+    def _outgoing_to_nick(self, nick: str, text: str, raw_text: bytes) -> Outgoing:
+        key = protocolo.nick_key(nick)
+        entry = self.server.registry.get(key)
+        if entry is not None and not entry.connection.outbox.closed:
+            if not entry.relay:
+                raise ProtocolError(ErrorCode.SO_DIRETO,
+                                    f"{entry.nick} está só no diretório e não recebe mensagens")
+            self._wait_for_recipient(entry)
+            target, account = entry.nick, entry.account
+        elif key in self._dropped_while_waiting:
+            self._dropped_while_waiting.discard(key)
+            raise ProtocolError(ErrorCode.DESTINATARIO_LENTO,
+                                f"{nick} não estava lendo as mensagens e foi desconectada")
+        else:
+            target = self._offline_account(nick, key)
+            account = True
+        wants_receipt = self.version >= 2 and self.account and account
+        message = armazem.NewMessage(self.key, self.nick, key, target, text, False, wants_receipt)
+        return Outgoing(self, target, text, raw_text, None, message)
+
+    def _offline_account(self, nick: str, key: str) -> str:
+        """The account's nickname if ``nick`` is an offline account that may take one more."""
+        store = self.server.store
+        try:
+            account = store.get_account(key) if store.accounts_enabled else None
+            if account is None:
+                raise ProtocolError(ErrorCode.NAO_ENCONTRADO, f"{nick} não está conectada")
+            limit = self.config.max_pending_per_account
+            if limit and store.pending_count(key) >= limit:
+                raise ProtocolError(ErrorCode.LIMITE,
+                                    f"{account.nick} já tem {limit} mensagens esperando")
+        except armazem.StoreError as exc:
+            raise ProtocolError(ErrorCode.ARMAZENAMENTO,
+                                f"o servidor não conseguiu consultar a conta ({exc})") from None
+        return account.nick
+
+    def _wait_for_recipient(self, entry: Entry) -> None:
+        """Slow this sender down while the recipient has too much to read.
+
+        A recipient that reads is never dropped because others send faster
+        than it reads: its senders wait. One that takes nothing at all for
+        ``stall_timeout`` is dropped, and the sender told.
+        """
         recipient = entry.connection
-        if recipient.outbox.closed:  # dropped a moment ago; its thread is cleaning up
-            raise ProtocolError(ErrorCode.NAO_ENCONTRADO, f"{request.target} não está conectada")
-        if not recipient.outbox.put(protocolo.format_msg(self.nick, entry.nick, request.text)):
-            recipient.abort("destinatário lento: saída pendente cheia")
+        if not recipient.outbox.congested or recipient is self:
+            return
+        self._settle_sends()
+        self._flush_touched()
+        turn = self._turn
+        self._release_turn()
+        drained = recipient.outbox.wait_below(self.config.max_pending,
+                                              self.config.stall_timeout, self.stopping)
+        if turn:
+            self._take_turn()
+        if not drained and not self.stopping.is_set():
+            recipient.drop_as_slow()
+        if recipient.outbox.closed:  # dropped as slow, by us or by the maintenance round
             raise ProtocolError(ErrorCode.DESTINATARIO_LENTO,
                                 f"{entry.nick} não está lendo as mensagens e foi desconectada")
-        if recipient is not self:
-            self._touched[id(recipient)] = recipient
+
+    def _settle_sends(self) -> None:
+        """Store the ENVIARs read so far, then give their answers, in order."""
+        if not self._sends:
+            return
+        slots, self._sends = self._sends, []
+        outgoing = [slot for slot in slots if type(slot) is Outgoing]
+        if outgoing:
+            turn = self._turn
+            self._release_turn()  # others may join this group commit meanwhile
+            self.server.messages.submit(outgoing)
+            if turn:
+                self._take_turn()
+        for slot in slots:
+            self._reply(slot if type(slot) is bytes else slot.reply(self.version))
+        congested: dict[int, ClientConnection] = {}
+        for item in outgoing:
+            for recipient in item.recipients:
+                self._touched[id(recipient)] = recipient
+            for recipient in item.congested:
+                congested[id(recipient)] = recipient
+        if congested:
+            self._flush_touched()
+            self._wait_for_congested(congested.values())
+
+    def _wait_for_congested(self, recipients: Iterable[ClientConnection]) -> None:
+        """After delivering, wait for recipients past their bound; drop those that stall."""
+        turn = self._turn
+        self._release_turn()
+        for recipient in recipients:
+            if recipient is self or recipient.outbox.closed:
+                continue
+            key = recipient.key
+            if not recipient.outbox.wait_below(self.config.max_pending,
+                                               self.config.stall_timeout, self.stopping) \
+                    and not self.stopping.is_set():
+                recipient.drop_as_slow()
+            if recipient.dropped_as_slow and key is not None \
+                    and len(self._dropped_while_waiting) < 64:
+                self._dropped_while_waiting.add(key)  # the next ENVIAR to it says why
+        if turn:
+            self._take_turn()
+
+    def _flush_touched(self) -> None:
+        """Flush every outbox this batch queued to: recipients first, then our own replies.
+
+        The recipients' messages are what people wait for, while this
+        connection's own replies (the OKs) only let its sender send more.
+        """
+        touched = self._touched
+        if touched:
+            for other in touched.values():
+                if other is not self:
+                    other.outbox.flush()
+            touched.clear()
+        self.outbox.flush()
+
+    # -- registration and accounts --
+
+    def _handle_hello(self, request: protocolo.Hello) -> bytes:
+        if self.key is not None:
+            raise ProtocolError(ErrorCode.JA_REGISTRADO,
+                                "OLA só vale antes do REGISTRAR")
+        if request.version not in protocolo.SUPPORTED_VERSIONS:
+            return protocolo.format_version_error()
+        self.version = request.version
         return protocolo.OK_LINE
 
     def _handle_register(self, request: protocolo.Register) -> bytes:
@@ -758,23 +1572,185 @@ class ClientConnection:
                                 f"esta conexão já está registrada como {self.nick}")
         if not protocolo.valid_nick(request.nick):
             raise ProtocolError(ErrorCode.APELIDO_INVALIDO,
-                                "use de 1 a 32 letras, dígitos, _, - ou .")
+                                "use de 1 a 32 letras de um só alfabeto, dígitos de 0 a 9, "
+                                "_, - ou .")
+        if request.password is not None and not protocolo.valid_password(request.password):
+            raise ProtocolError(ErrorCode.SENHA_INVALIDA,
+                                f"a senha deve ter de {protocolo.MIN_PASSWORD_CHARS} a "
+                                f"{protocolo.MAX_PASSWORD_CHARS} caracteres, sem caracteres "
+                                "de controle")
+        bucket = self.address.registrations
+        if bucket is not None and not bucket.take():
+            raise ProtocolError(ErrorCode.LIMITE,
+                                "registros demais deste endereço; tente de novo em instantes")
         key = protocolo.nick_key(request.nick)
+        if request.password is None:
+            return self._register_without_account(request, key)
+        return self._register_with_account(request, key)
+
+    def _register_without_account(self, request: protocolo.Register, key: str) -> bytes:
+        if self._has_account(key):
+            raise self._reserved(request.nick)
         relay = not request.directory_only
         ip = self.ip if relay else request.ip
         port = self.port if relay else request.port
-        entry = Entry(request.nick, ip, port, self, relay)
-        subscribers = self.server.registry.add(key, entry)
-        if subscribers is None:
-            raise ProtocolError(ErrorCode.APELIDO_EM_USO, f"{request.nick} já está em uso")
-        self.nick, self.key, self.relay = request.nick, key, relay
-        log.info("%s registrou-se como %s%s", self.name, request.nick,
-                 "" if relay else " (só diretório)")
-        self._notify(subscribers, protocolo.format_joined(request.nick))
+        self._enter_registry(key, Entry(request.nick, ip, port, self, relay))
+        if self._has_account(key):  # the account was created in the meantime
+            self._unregister()
+            raise self._reserved(request.nick)
+        self.live = True
         return protocolo.OK_LINE
 
+    def _register_with_account(self, request: protocolo.Register, key: str) -> bytes:
+        store = self.server.store
+        if not store.accounts_enabled:
+            raise ProtocolError(ErrorCode.SEM_CONTA,
+                                "este servidor não guarda contas (modo efêmero); "
+                                "registre-se sem senha")
+        self._check_failed_passwords()
+        try:
+            record = store.password_record(key)
+        except armazem.StoreError as exc:
+            raise ProtocolError(ErrorCode.ARMAZENAMENTO,
+                                f"o servidor não conseguiu consultar as contas ({exc})") from None
+        entry = Entry(request.nick, self.ip, self.port, self, True, account=True)
+        if record is not None:
+            if not self._verified(request.password, record):
+                self.address.failed_passwords.append(time.monotonic())
+                log.warning("%s errou a senha de %s", self.name, request.nick)
+                raise ProtocolError(ErrorCode.SENHA_INCORRETA, "senha incorreta")
+            self._enter_registry(key, entry)
+        else:
+            self._create_account(request, key, entry)
+        self.account = True
+        self._after_reply = self._catch_up
+        return protocolo.OK_LINE
+
+    def _create_account(self, request: protocolo.Register, key: str, entry: Entry) -> None:
+        now = time.monotonic()
+        limit = self.config.accounts_per_hour
+        if limit and _recent(self.address.accounts_created, 3600.0, now) >= limit:
+            raise ProtocolError(ErrorCode.LIMITE,
+                                f"este endereço já criou {limit} contas na última hora")
+        record = self._outside_turn(self.server.passwords.hash, request.password)
+        self._enter_registry(key, entry)  # reserves the nickname before the account exists
+        try:
+            created = self.server.store.create_account(key, request.nick, record)
+        except armazem.StoreError as exc:
+            self._unregister()
+            raise ProtocolError(ErrorCode.ARMAZENAMENTO,
+                                f"o servidor não conseguiu criar a conta ({exc})") from None
+        if not created:
+            self._unregister()
+            raise self._reserved(request.nick)
+        self.address.accounts_created.append(now)
+        log.info("%s criou a conta %s", self.name, request.nick)
+
+    def _check_failed_passwords(self) -> None:
+        limit = self.config.failed_passwords
+        window = protocolo.FAILED_PASSWORDS_WINDOW_S
+        failures = self.address.failed_passwords
+        if limit and _recent(failures, window, time.monotonic()) >= limit:
+            raise ProtocolError(ErrorCode.LIMITE,
+                                "senhas erradas demais deste endereço; espere um minuto")
+
+    def _verified(self, password: str, record: str) -> bool:
+        return self._outside_turn(self.server.passwords.verify, password, record)
+
+    def _outside_turn(self, work: Callable[..., object], *args: object) -> object:
+        """Run slow work that needs no Python (a hash, a disk read) without holding the turn."""
+        turn = self._turn
+        self._release_turn()
+        try:
+            return work(*args)
+        finally:
+            if turn:
+                self._take_turn()
+
+    def _has_account(self, key: str) -> bool:
+        store = self.server.store
+        if not store.accounts_enabled:
+            return False
+        try:
+            return store.get_account(key) is not None
+        except armazem.StoreError as exc:
+            raise ProtocolError(ErrorCode.ARMAZENAMENTO,
+                                f"o servidor não conseguiu consultar as contas ({exc})") from None
+
+    @staticmethod
+    def _reserved(nick: str) -> ProtocolError:
+        return ProtocolError(ErrorCode.APELIDO_RESERVADO,
+                             f"{nick} tem conta: registre-se com REGISTRAR {nick} <senha>")
+
+    def _enter_registry(self, key: str, entry: Entry) -> None:
+        subscribers = self.server.registry.add(key, entry)
+        if subscribers is None:
+            raise ProtocolError(ErrorCode.APELIDO_EM_USO, f"{entry.nick} já está em uso")
+        self.nick, self.key, self.relay = entry.nick, key, entry.relay
+        self.nick_bytes = entry.nick.encode()
+        self._arm_register_timer()
+        for subscriber in subscribers:
+            self._touched[id(subscriber)] = subscriber
+        log.info("%s registrou-se como %s%s", self.name, entry.nick,
+                 "" if entry.relay else " (só diretório)")
+
+    def _catch_up(self) -> None:
+        """Push what waited for this account, oldest first, then go live.
+
+        Runs right after the registration's OK. Pages come from the store
+        while this connection's outbox drains; the last page is read under
+        the message log's delivery lock, which is also when the connection
+        goes live -- so no message is missed, and none overtakes another.
+        """
+        store, log_ = self.server.store, self.server.messages
+        last = 0
+        try:
+            while not self.stopping.is_set():
+                page = self._outside_turn(store.pending_messages, self.key, last, CATCH_UP_PAGE)
+                if len(page) < CATCH_UP_PAGE:
+                    with log_.deliver_lock:
+                        for message in store.pending_messages(self.key, last, 10 * CATCH_UP_PAGE):
+                            self._push_stored(message)
+                        self.live = True
+                    break
+                for message in page:
+                    self._push_stored(message)
+                last = page[-1].id
+                self._flush_touched()
+                self._outside_turn(self.outbox.wait_below, OWN_OUTPUT_LOW_WATER,
+                                   self.config.send_timeout, self.stopping)
+            if self.version >= 2:
+                self._push_receipts_due()
+        except armazem.StoreError as exc:
+            log.error("%s: falha ao ler mensagens pendentes de %s: %s", self.name, self.nick, exc)
+            self.live = True  # what waits stays stored, for the next registration
+        if self.version == 1:
+            self.server.watch_cursor(self)
+
+    def _push_stored(self, message: armazem.StoredMessage) -> None:
+        if self.version >= 2:
+            line = protocolo.format_msg_v2(message.id, message.time_ms, message.sender,
+                                           message.target, message.text)
+            self.push(line)
+        else:
+            self.push(protocolo.format_msg(message.sender, message.target, message.text),
+                      message.id)
+
+    def _push_receipts_due(self) -> None:
+        store = self.server.store
+        while not self.stopping.is_set():
+            receipts = self._outside_turn(store.receipts_due, self.key, CATCH_UP_PAGE)
+            for receipt in receipts:
+                self.push(protocolo.format_delivered(receipt.message_id, receipt.recipient))
+            if receipts:
+                store.mark_receipts_sent([receipt.message_id for receipt in receipts])
+            if len(receipts) < CATCH_UP_PAGE:
+                return
+
+    # -- requests --
+
     def _handle_list(self, request: protocolo.ListUsers) -> bytes:
-        return protocolo.format_users(self.server.registry.listing())
+        return self.server.registry.listing_reply()
 
     def _handle_lookup(self, request: protocolo.Lookup) -> bytes:
         entry = self.server.registry.get(protocolo.nick_key(request.nick))
@@ -788,6 +1764,7 @@ class ClientConnection:
             raise ProtocolError(ErrorCode.PROIBIDO,
                                 "só é possível cancelar o próprio registro")
         self._unregister()
+        self._arm_register_timer()
         return protocolo.OK_LINE
 
     def _handle_subscribe(self, request: protocolo.Subscribe) -> bytes:
@@ -803,7 +1780,108 @@ class ClientConnection:
         self._quitting = True
         return protocolo.OK_LINE
 
+    def _handle_join(self, request: protocolo.Join) -> bytes:
+        self._require_relay()
+        name = request.room
+        if not protocolo.valid_room(name):
+            raise ProtocolError(ErrorCode.SALA_INVALIDA, f"nome de sala inválido: {name[:40]}")
+        key = protocolo.room_key(name)
+        if key in self.rooms:
+            return protocolo.OK_LINE
+        if len(self.rooms) >= protocolo.MAX_ROOMS_PER_CONNECTION:
+            raise ProtocolError(ErrorCode.LIMITE, f"no máximo {protocolo.MAX_ROOMS_PER_CONNECTION}"
+                                " salas por conexão")
+        room = self.server.rooms.join(key, name, self)
+        self.rooms[key] = room
+        self._touch_members(room)
+        return protocolo.OK_LINE
+
+    def _handle_leave(self, request: protocolo.Leave) -> bytes:
+        self._require_relay()
+        if not protocolo.valid_room(request.room):
+            raise ProtocolError(ErrorCode.SALA_INVALIDA,
+                                f"nome de sala inválido: {request.room[:40]}")
+        room = self.rooms.pop(protocolo.room_key(request.room), None)
+        if room is None:
+            raise ProtocolError(ErrorCode.NAO_MEMBRO, f"você não está em {request.room}")
+        self.server.rooms.leave(room, self)
+        self._touch_members(room)
+        return protocolo.OK_LINE
+
+    def _touch_members(self, room: Room) -> None:
+        for member in room.members:
+            self._touched[id(member)] = member
+
+    def _handle_members(self, request: protocolo.Members) -> bytes:
+        if not protocolo.valid_room(request.room):
+            raise ProtocolError(ErrorCode.SALA_INVALIDA,
+                                f"nome de sala inválido: {request.room[:40]}")
+        room = self.server.rooms.get(protocolo.room_key(request.room))
+        members = sorted(room.members if room else (), key=lambda m: m.key or "")
+        return protocolo.format_users([(m.nick, m.ip, m.port) for m in members if m.nick])
+
+    def _handle_rooms(self, request: protocolo.ListRooms) -> bytes:
+        return protocolo.format_rooms(self.server.rooms.listing())
+
+    def _handle_received(self, request: protocolo.Received) -> bytes:
+        self._require_registration()
+        if not self.account:
+            raise ProtocolError(ErrorCode.SEM_CONTA, "RECEBIDO vale só para contas (com senha)")
+        self.server.mark_received(self.key, request.message_id)
+        return protocolo.OK_LINE
+
+    def _handle_history(self, request: protocolo.History) -> bytes:
+        self._require_registration()
+        store = self.server.store
+        limit = min(request.limit or protocolo.HISTORY_DEFAULT_LIMIT, protocolo.HISTORY_MAX_LIMIT)
+        target = request.target
+        if protocolo.is_room(target):
+            if not protocolo.valid_room(target):
+                raise ProtocolError(ErrorCode.SALA_INVALIDA,
+                                    f"nome de sala inválido: {target[:40]}")
+            read: Callable[[], list[armazem.StoredMessage]] = functools.partial(
+                store.history_room, protocolo.room_key(target), request.before_id, limit)
+        else:
+            if not self.account:
+                raise ProtocolError(ErrorCode.SEM_CONTA,
+                                    "o histórico de conversas é só para contas (com senha)")
+            if not protocolo.valid_nick(target):
+                raise ProtocolError(ErrorCode.APELIDO_INVALIDO, f"apelido inválido: {target[:40]}")
+            read = functools.partial(store.history_pair, self.key, protocolo.nick_key(target),
+                                     request.before_id, limit)
+        try:
+            items = self._outside_turn(read)
+        except armazem.StoreError as exc:
+            raise ProtocolError(ErrorCode.ARMAZENAMENTO,
+                                f"o servidor não conseguiu ler o histórico ({exc})") from None
+        return _history_reply(items)
+
+    def _handle_change_password(self, request: protocolo.ChangePassword) -> bytes:
+        self._require_registration()
+        if not self.account:
+            raise ProtocolError(ErrorCode.SEM_CONTA, "esta conexão não está registrada com conta")
+        if not protocolo.valid_password(request.new):
+            raise ProtocolError(ErrorCode.SENHA_INVALIDA,
+                                f"a senha deve ter de {protocolo.MIN_PASSWORD_CHARS} a "
+                                f"{protocolo.MAX_PASSWORD_CHARS} caracteres, sem caracteres "
+                                "de controle")
+        self._check_failed_passwords()
+        store = self.server.store
+        try:
+            record = store.password_record(self.key)
+            if record is None or not self._verified(request.current, record):
+                self.address.failed_passwords.append(time.monotonic())
+                raise ProtocolError(ErrorCode.SENHA_INCORRETA, "senha atual incorreta")
+            new_record = self._outside_turn(self.server.passwords.hash, request.new)
+            store.set_password_record(self.key, new_record)
+        except armazem.StoreError as exc:
+            raise ProtocolError(ErrorCode.ARMAZENAMENTO,
+                                f"o servidor não conseguiu trocar a senha ({exc})") from None
+        log.info("%s trocou a senha de %s", self.name, self.nick)
+        return protocolo.OK_LINE
+
     _HANDLERS: ClassVar[dict[type, Callable[..., bytes]]] = {
+        protocolo.Hello: _handle_hello,
         protocolo.Register: _handle_register,
         protocolo.ListUsers: _handle_list,
         protocolo.Lookup: _handle_lookup,
@@ -811,29 +1889,53 @@ class ClientConnection:
         protocolo.Subscribe: _handle_subscribe,
         protocolo.Ping: _handle_ping,
         protocolo.Quit: _handle_quit,
+        protocolo.Join: _handle_join,
+        protocolo.Leave: _handle_leave,
+        protocolo.Members: _handle_members,
+        protocolo.ListRooms: _handle_rooms,
+        protocolo.Received: _handle_received,
+        protocolo.History: _handle_history,
+        protocolo.ChangePassword: _handle_change_password,
     }
 
-    # -- presence --
+    # -- leaving --
+
+    def _fail_unsent(self) -> None:
+        """ENVIARs read but never stored when the connection ends: nothing to answer."""
+        self._sends.clear()
 
     def _unregister(self) -> None:
-        """Remove this connection's registration, if any, and tell subscribers."""
+        """Leave every room, drop the registration and tell who must know."""
         if self.key is None:
             return
         nick, key = self.nick, self.key
-        self.nick = self.key = None
-        self.relay = False
-        subscribers = self.server.registry.remove(key, self)
-        log.info("%s: registro de %s removido", self.name, nick)
-        self._notify(subscribers, protocolo.format_left(nick))
+        touched: list[ClientConnection] = []
+        try:
+            if self.account and self.version == 1:
+                self.server.save_cursor(self)
+        finally:
+            rooms, self.rooms = list(self.rooms.values()), {}
+            for room in rooms:
+                self.server.rooms.leave(room, self)
+                touched.extend(room.members)
+            touched.extend(self.server.registry.remove(key, self))
+            self.nick = self.key = None
+            self.relay = self.account = self.live = False
+            self.server.unwatch_cursor(self)
+            log.info("%s: registro de %s removido", self.name, nick)
+            for other in touched:
+                if other is not self:
+                    other.outbox.flush()
 
-    def _notify(self, subscribers: list[ClientConnection], line: bytes) -> None:
-        for subscriber in subscribers:
-            if subscriber is self:
-                continue
-            if subscriber.outbox.put(line):
-                subscriber.outbox.flush()
-            else:
-                subscriber.abort("saída pendente cheia")
+
+def _history_reply(items: list[armazem.StoredMessage]) -> bytes:
+    """HISTORICO's reply with the newest items that fit in ``HISTORY_REPLY_MAX_BYTES``."""
+    rows = [(m.id, m.time_ms, m.sender, m.target, m.text) for m in items]
+    reply = protocolo.format_history(rows)
+    while len(reply) > HISTORY_REPLY_MAX_BYTES and rows:
+        rows = rows[max(1, len(rows) // 8):]
+        reply = protocolo.format_history(rows)
+    return reply
 
 
 # --------------------------------------------------------------------------
@@ -846,20 +1948,28 @@ class Servidor:
     Life cycle, as in ``socketserver``: construct, ``start()`` (binds and
     serves in background threads; ``address`` then holds the real port),
     ``stop()`` from any thread (idempotent, bounded). Also a context manager.
+    The store in ``config.store`` belongs to the caller, who closes it.
     """
 
     def __init__(self, config: ServerConfig | None = None) -> None:
         self.config = config or ServerConfig()
+        self.store = self.config.store or armazem.MemoryStore()
         self.registry = Registry()
+        self.rooms = Rooms()
         self.turn = FairTurn()
+        self.addresses = AddressBook(self.config)
+        self.messages = MessageLog(self.store, self._deliver)
+        self.passwords = Passwords(self.config.hashing_threads)
+        self.discovery: descoberta.DiscoveryResponder | None = None
         self._listeners: list[socket.socket] = []
         self._connections: set[ClientConnection] = set()
-        self._per_ip: dict[str, int] = {}
-        self._lock = threading.Lock()  # guards _connections and _per_ip
+        self._cursor_watch: set[ClientConnection] = set()
+        self._lock = threading.Lock()  # guards _connections and _cursor_watch
         self._selector: selectors.BaseSelector | None = None
         self._wake_r: socket.socket | None = None
         self._wake_w: socket.socket | None = None
         self._accept_thread: threading.Thread | None = None
+        self._maintenance_thread: threading.Thread | None = None
         self._stopping = threading.Event()
         self._stopped = False
 
@@ -888,7 +1998,7 @@ class Servidor:
             return list(self._connections)
 
     def start(self) -> None:
-        """Bind the listening socket(s) and serve in a background thread."""
+        """Bind the listening socket(s) and serve in background threads."""
         self._listeners = self._bind()
         self._selector = selectors.DefaultSelector()
         self._wake_r, self._wake_w = socket.socketpair()
@@ -899,38 +2009,65 @@ class Servidor:
         self._accept_thread = threading.Thread(target=self._accept_loop, daemon=True,
                                                name="aceitador")
         self._accept_thread.start()
+        self._maintenance_thread = threading.Thread(target=self._maintenance_loop, daemon=True,
+                                                    name="manutencao")
+        self._maintenance_thread.start()
+        port = self.address[1]
         for listener in self._listeners:
-            host, port = listener.getsockname()[:2]
+            host = listener.getsockname()[0]
             where = {"::": "todas as interfaces (IPv4 e IPv6)",
                      "0.0.0.0": "todas as interfaces (IPv4)"}.get(host, host)
             log.info("servidor escutando em %s porta %d%s", where, port,
                      " (TLS)" if self.config.tls_context else "")
+        if self.config.discovery:
+            self._start_discovery(port)
+
+    def _start_discovery(self, port: int) -> None:
+        host = self.config.host if self.config.host not in ("", "::") else ""
+        if ":" in host:
+            return  # the discovery datagrams are IPv4 broadcasts
+        self.discovery = descoberta.DiscoveryResponder(
+            port, self.config.tls_context is not None,
+            self.config.name or socket.gethostname(), host=host)
+        try:
+            self.discovery.start()
+        except OSError as exc:
+            log.warning("descoberta na rede local desligada: porta UDP %d indisponível (%s)",
+                        port, exc.strerror or exc)
+            self.discovery = None
+        else:
+            log.info("respondendo a DESCOBRIR na porta UDP %d", port)
 
     def stop(self) -> None:
-        """Stop accepting, flush queued output (bounded), close everything."""
+        """Stop accepting, flush queued output (bounded), close everything; within ~3 s."""
         if self._stopped or self._accept_thread is None:
             return
         self._stopped = True
+        deadline = time.monotonic() + self.config.shutdown_flush
         self._stopping.set()
-        self._wake_w.send(b"x")
-        self._accept_thread.join(5.0)
+        with contextlib.suppress(OSError):
+            self._wake_w.send(b"x")
+        if self.discovery is not None:
+            self.discovery.stop()
+        self._accept_thread.join(1.0)
         for listener in self._listeners:
             listener.close()
         self._selector.close()
         self._wake_r.close()
         self._wake_w.close()
-
-        with self._lock:
-            connections = list(self._connections)
-        deadline = time.monotonic() + self.config.shutdown_flush
+        connections = self.connections()
+        for connection in connections:
+            connection.stopping.set()  # no more reading: a flood ends here
         for connection in connections:
             connection.outbox.close(flush=True)
         for connection in connections:
-            connection.outbox.join(max(0.0, deadline - time.monotonic()))
+            connection.outbox.join(deadline - time.monotonic())
         for connection in connections:
             connection.abort("servidor encerrando")
+        end = deadline + 1.0
         for connection in connections:
-            connection.thread.join(max(0.5, deadline + 1.0 - time.monotonic()))
+            connection.thread.join(max(0.0, end - time.monotonic()))
+        self._maintenance_thread.join(max(0.0, end - time.monotonic()))
         log.info("servidor encerrado")
 
     def _bind(self) -> list[socket.socket]:
@@ -951,13 +2088,17 @@ class Servidor:
 
     def _accept_loop(self) -> None:
         while not self._stopping.is_set():
-            for key, _ in self._selector.select():
+            try:
+                events = self._selector.select()
+            except (OSError, ValueError):  # closed by stop()
+                return
+            for key, _ in events:
                 if key.fileobj is self._wake_r:
                     return
                 self._accept_from(key.fileobj)
 
     def _accept_from(self, listener: socket.socket) -> None:
-        """Accept every pending connection on ``listener``."""
+        """Accept every pending connection on ``listener`` (bounded per round)."""
         for _ in range(256):
             try:
                 sock, addr = listener.accept()
@@ -965,74 +2106,191 @@ class Servidor:
                 return
             except OSError as exc:  # e.g. EMFILE: out of file descriptors
                 log.error("falha ao aceitar conexão: %s", exc)
-                time.sleep(0.05)
+                self._stopping.wait(0.05)
                 return
             ip, port = _plain_ip(addr[0]), addr[1]
-            refusal = self._admit(ip)
-            if refusal:
-                log.warning("conexão de %s:%d recusada: %s", ip, port, refusal)
+            state, refusal = self.addresses.admit(ip, len(self._connections))
+            if state is None:
+                log.warning("conexão de %s recusada: %s", ip, refusal)
                 self._refuse(sock, refusal)
                 continue
-            try:
-                sock.setblocking(True)
-                sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-                protocolo.enable_keepalive(sock)
-                _set_kernel_timeout(sock, socket.SO_SNDTIMEO, self.config.send_timeout)
-                connection = ClientConnection(self, sock, ip, port)
-            except OSError as exc:  # the peer reset before we got to it
-                log.warning("conexão de %s:%d perdida ao configurar: %s", ip, port, exc)
-                sock.close()
-                self._release_ip(ip)
-                continue
-            with self._lock:
-                self._connections.add(connection)
-            log.info("conexão de %s", connection.name)
-            try:
-                connection.thread.start()
-            except RuntimeError as exc:  # out of threads: drop this one, keep accepting
-                log.error("conexão de %s recusada: %s", connection.name, exc)
-                sock.close()
-                self._forget(connection)
+            self._serve_connection(sock, ip, port, state)
 
-    def _admit(self, ip: str) -> str:
-        """Count a new connection from ``ip``; '' if admitted, else why not."""
+    def _serve_connection(self, sock: socket.socket, ip: str, port: int,
+                          state: AddressState) -> None:
+        try:
+            sock.setblocking(False)
+            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, SNDBUF_BYTES)
+            idle = self.config.keepalive_idle
+            rede.enable_keepalive(sock, idle, max(1.0, idle / 6), protocolo.KEEPALIVE_PROBES)
+            connection = ClientConnection(self, sock, ip, port, state)
+        except OSError as exc:  # the peer reset before we got to it
+            log.warning("conexão de %s perdida ao configurar: %s", ip, exc)
+            sock.close()
+            self.addresses.release(state)
+            return
         with self._lock:
-            if self.config.max_clients and len(self._connections) >= self.config.max_clients:
-                return f"servidor lotado ({self.config.max_clients} conexões)"
-            count = self._per_ip.get(ip, 0)
-            if self.config.max_per_ip and count >= self.config.max_per_ip:
-                return f"limite de {self.config.max_per_ip} conexões por endereço atingido"
-            self._per_ip[ip] = count + 1
-            return ""
+            self._connections.add(connection)
+        log.info("conexão de %s", connection.name)
+        try:
+            connection.thread.start()
+        except RuntimeError as exc:  # out of threads: drop this one, keep accepting
+            log.error("conexão de %s recusada: %s", connection.name, exc)
+            sock.close()
+            self.forget(connection)
 
     def _refuse(self, sock: socket.socket, why: str) -> None:
         """Tell a refused client why (plain TCP only), without ever blocking."""
         try:
+            sock.setblocking(False)
             if self.config.tls_context is None:
-                sock.send(protocolo.format_error(ErrorCode.LOTADO, why), socket.MSG_DONTWAIT)
+                sock.send(protocolo.format_error(ErrorCode.LOTADO, why))
                 # Closing with unread input sends a TCP reset, and some systems
                 # then discard the line above before the client reads it; so
                 # take what the client already sent (its REGISTRAR, typically).
-                sock.recv(65536, socket.MSG_DONTWAIT)
+                sock.recv(65536)
         except OSError:
             pass
         finally:
             sock.close()
 
-    def _forget(self, connection: ClientConnection) -> None:
-        """Called once by each connection as its thread ends."""
+    def forget(self, connection: ClientConnection) -> None:
+        """Called once by each connection as its thread ends: frees its slot and count."""
         with self._lock:
             self._connections.discard(connection)
-        self._release_ip(connection.ip)
+            self._cursor_watch.discard(connection)
+        self.addresses.release(connection.address)
 
-    def _release_ip(self, ip: str) -> None:
-        """Undo ``_admit``'s count for one connection from ``ip``."""
+    # -- delivery (called by the message log, under its delivery lock) --
+
+    def _deliver(self, item: Outgoing) -> None:
+        """Append a stored message to its recipients' outboxes (memory only)."""
+        sender = item.sender
+        if item.room is not None:
+            members = item.room.members
+            v1_line = v2_line = None
+            for member in members:
+                if member is sender:
+                    continue
+                if member.version >= 2:
+                    if v2_line is None:
+                        v2_line = protocolo.format_msg_v2(item.message_id, item.time_ms,
+                                                          sender.nick, item.target, item.text)
+                    ok = member.push(v2_line)
+                else:
+                    if v1_line is None:
+                        v1_line = protocolo.format_msg_bytes(
+                            sender.nick_bytes, item.target.encode(), item.raw_text)
+                    ok = member.push(v1_line)
+                if not ok:
+                    item.congested.append(member)
+            item.recipients = members
+            return
+        entry = self.registry.get(item.message.target_key)
+        if entry is None or not entry.relay:
+            return  # offline: an account finds it in the store when it comes back
+        recipient = entry.connection
+        if not recipient.live:
+            return  # catching up: it reads this one from the store
+        if recipient.version >= 2:
+            ok = recipient.push(protocolo.format_msg_v2(item.message_id, item.time_ms,
+                                                        sender.nick, entry.nick, item.text))
+        else:
+            line = protocolo.format_msg_bytes(sender.nick_bytes, recipient.nick_bytes,
+                                              item.raw_text)
+            ok = recipient.push(line, item.message_id if recipient.account else 0)
+        if not ok:
+            item.congested.append(recipient)
+        if recipient is not sender:
+            item.recipients = (recipient,)
+
+    # -- cursors and receipts --
+
+    def mark_received(self, key: str, message_id: int) -> None:
+        """Store an account's cursor and push the receipts it made due."""
+        try:
+            receipts = self.store.mark_received(key, message_id)
+        except armazem.StoreError as exc:
+            raise ProtocolError(ErrorCode.ARMAZENAMENTO,
+                                f"o servidor não conseguiu guardar o recebimento ({exc})") from None
+        sent: list[int] = []
+        for receipt in receipts:
+            entry = self.registry.get(receipt.sender_key)
+            if entry is None or not entry.account or not entry.connection.live \
+                    or entry.connection.version < 2:
+                continue  # pushed at its next version-2 registration
+            entry.connection.push(protocolo.format_delivered(receipt.message_id,
+                                                             receipt.recipient))
+            entry.connection.outbox.flush()
+            sent.append(receipt.message_id)
+        if sent:
+            self.store.mark_receipts_sent(sent)
+
+    def watch_cursor(self, connection: ClientConnection) -> None:
+        """A version-1 account: its cursor follows what the kernel took (saved periodically)."""
         with self._lock:
-            count = self._per_ip.get(ip, 1) - 1
-            if count > 0:
-                self._per_ip[ip] = count
-            else:
-                self._per_ip.pop(ip, None)
+            self._cursor_watch.add(connection)
+
+    def unwatch_cursor(self, connection: ClientConnection) -> None:
+        with self._lock:
+            self._cursor_watch.discard(connection)
+
+    def save_cursor(self, connection: ClientConnection) -> None:
+        written, key = connection.outbox.written_id, connection.key
+        if key is not None and written > connection.received_id:
+            connection.received_id = written
+            try:
+                self.mark_received(key, written)
+            except ProtocolError as exc:
+                log.error("cursor de %s não foi guardado: %s", connection.nick, exc.text)
+
+    # -- maintenance --
+
+    def _maintenance_loop(self) -> None:
+        """Every half second: cursors, stalled peers, the total output bound, old addresses."""
+        last_prune = 0.0
+        while not self._stopping.wait(MAINTENANCE_INTERVAL):
+            try:
+                with self._lock:
+                    watched = list(self._cursor_watch)
+                for connection in watched:
+                    self.save_cursor(connection)
+                self._drop_stalled()
+                self.addresses.forget_idle()
+                now = time.monotonic()
+                if now - last_prune > 3600.0:
+                    last_prune = now
+                    self.store.prune()
+            except Exception:
+                log.exception("erro na manutenção periódica")
+
+    def _drop_stalled(self) -> None:
+        """Drop peers that take nothing, and the worst ones when all output is too much."""
+        now = time.monotonic()
+        config = self.config
+        total = 0
+        heavy: list[tuple[int, ClientConnection]] = []
+        for connection in self.connections():
+            outbox = connection.outbox
+            pending = outbox.pending
+            total += pending
+            stalled = outbox.stalled_for(now)
+            if config.send_timeout and stalled > config.send_timeout:
+                connection.abort("cliente parou de ler")
+            elif outbox.congested and config.stall_timeout and stalled > config.stall_timeout:
+                connection.drop_as_slow()
+            elif config.max_pending and pending > 4 * config.max_pending:
+                connection.abort("saída pendente cheia")
+            elif pending > config.max_pending:
+                heavy.append((pending, connection))
+        if config.max_total_pending and total > config.max_total_pending:
+            heavy.sort(key=lambda item: item[0], reverse=True)
+            for pending, connection in heavy:
+                connection.abort("memória do servidor cheia: saída pendente grande demais")
+                total -= pending
+                if total <= config.max_total_pending:
+                    break
 
 
 # --------------------------------------------------------------------------
@@ -1055,100 +2313,193 @@ def _number(kind: type, minimum: float = 0, maximum: float | None = None
     so the command line rejects it rather than starting a useless server.
     """
     def convert(text: str) -> int | float:
-        value = kind(text)
+        try:
+            value = kind(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"valor inválido: {text}") from None
         if not math.isfinite(value) or value < minimum or (maximum is not None
                                                            and value > maximum):
             bounds = f"de {minimum:g} a {maximum:g}" if maximum is not None \
                 else f"maior ou igual a {minimum:g}"
             raise argparse.ArgumentTypeError(f"valor inválido: {text} (use um número {bounds})")
         return value
-    convert.__name__ = kind.__name__  # argparse names the type in its messages
+    convert.__name__ = {"int": "inteiro", "float": "número"}.get(kind.__name__, kind.__name__)
     return convert
 
 
+class _PortugueseHelpFormatter(argparse.HelpFormatter):
+    """argparse's help in Portuguese (its own words are English)."""
+
+    def add_usage(self, usage, actions, groups, prefix=None) -> None:
+        super().add_usage(usage, actions, groups, "uso: " if prefix is None else prefix)
+
+
+def _portuguese_parser(**kwargs: object) -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(formatter_class=_PortugueseHelpFormatter, add_help=False,
+                                     **kwargs)
+    parser._positionals.title = "argumentos"
+    parser._optionals.title = "opções"
+    parser.add_argument("-h", "--help", action="help", help="mostra esta ajuda e sai")
+    return parser
+
+
 def build_parser() -> argparse.ArgumentParser:
-    defaults = ServerConfig()
-    parser = argparse.ArgumentParser(
+    d = ServerConfig()
+    parser = _portuguese_parser(
         prog="servidor.py",
-        description="Servidor do chat (protocolo de linhas sobre TCP).")
-    parser.add_argument("--host", default="",
-                        help="endereço de escuta (padrão: todas as interfaces, IPv4 e IPv6)")
-    parser.add_argument("--port", type=_number(int, 0, 65535), default=protocolo.DEFAULT_PORT,
-                        help=f"porta TCP (padrão: {protocolo.DEFAULT_PORT})")
-    parser.add_argument("--max-clientes", type=_number(int), default=defaults.max_clients,
-                        help="máximo de conexões simultâneas; 0 = sem limite "
-                             f"(padrão: {defaults.max_clients})")
-    parser.add_argument("--max-por-ip", type=_number(int), default=defaults.max_per_ip,
-                        help="máximo de conexões por endereço IP; 0 = sem limite "
-                             f"(padrão: {defaults.max_per_ip})")
-    parser.add_argument("--max-linha", type=_number(int, 2), default=defaults.max_line,
-                        help=f"bytes por linha de comando (padrão: {defaults.max_line})")
-    parser.add_argument("--max-fila", type=_number(int), default=defaults.max_pending,
-                        help="bytes de saída pendente por conexão antes de desconectá-la "
-                             f"(padrão: {defaults.max_pending})")
-    parser.add_argument("--taxa", type=_number(float), default=defaults.rate,
-                        help="comandos por segundo por conexão; 0 = sem limite "
-                             f"(padrão: {defaults.rate:g})")
-    parser.add_argument("--rajada", type=_number(int, 1), default=defaults.burst,
-                        help=f"rajada de comandos permitida (padrão: {defaults.burst})")
-    parser.add_argument("--tempo-registro", type=_number(float), default=defaults.register_timeout,
-                        help="segundos que uma conexão sem registro pode ficar sem "
-                             "mandar uma linha completa; 0 = sem limite "
-                             f"(padrão: {defaults.register_timeout:g})")
-    parser.add_argument("--tls-cert", help="certificado (PEM) para servir só TLS")
-    parser.add_argument("--tls-key", help="chave privada (PEM) do certificado")
-    parser.add_argument("--log-level", default="INFO",
-                        choices=["DEBUG", "INFO", "WARNING", "ERROR"],
-                        help="nível de log (padrão: INFO)")
+        description="Servidor do chat (protocolo de linhas sobre TCP). Para administrar as "
+                    "contas: servidor.py contas --help",
+        epilog="Exemplo: python3 servidor.py --nome 'Lab 3' --retencao 180")
+    add = parser.add_argument
+    off = "; 0 = sem limite"
+    add("--host", default="", metavar="ENDEREÇO",
+        help="endereço de escuta (padrão: todas as interfaces, IPv4 e IPv6)")
+    add("--port", type=_number(int, 0, 65535), default=protocolo.DEFAULT_PORT, metavar="PORTA",
+        help=f"porta TCP, e UDP para a descoberta (padrão: {protocolo.DEFAULT_PORT})")
+    add("--nome", default="", metavar="TEXTO",
+        help="nome anunciado às buscas na rede local (padrão: o nome desta máquina)")
+    add("--sem-descoberta", action="store_true",
+        help="não responder às buscas de servidor na rede local (UDP)")
+    add("--dados", metavar="CAMINHO",
+        help=f"arquivo de dados, mensagens e contas (padrão: {armazem.default_data_path()})")
+    add("--efemero", action="store_true",
+        help="não guardar nada em disco: sem contas, e nada sobrevive a um reinício")
+    add("--retencao", type=_number(float), default=0, metavar="DIAS",
+        help="apagar mensagens com mais de DIAS dias (padrão: 0, guardar tudo)")
+    add("--fsync", action="store_true",
+        help="gravar cada lote de mensagens no disco antes do OK: resiste a queda de energia, "
+             "mais lento")
+    add("--max-pendentes", type=_number(int), default=d.max_pending_per_account, metavar="N",
+        help=f"mensagens que podem esperar por uma conta desconectada{off} "
+             f"(padrão: {d.max_pending_per_account})")
+    add("--max-clientes", type=_number(int), default=d.max_clients, metavar="N",
+        help=f"máximo de conexões simultâneas{off} (padrão: {d.max_clients})")
+    add("--max-por-ip", type=_number(int), default=d.max_per_ip, metavar="N",
+        help=f"máximo de conexões por endereço IP{off} (padrão: {d.max_per_ip})")
+    add("--max-linha", type=_number(int, 2), default=d.max_line, metavar="BYTES",
+        help=f"bytes por linha de comando (padrão: {d.max_line})")
+    add("--max-fila", type=_number(int), default=d.max_pending, metavar="BYTES",
+        help="saída pendente de uma conexão a partir da qual quem lhe envia espera "
+             f"(padrão: {d.max_pending})")
+    add("--taxa", type=_number(float), default=d.rate, metavar="N",
+        help=f"comandos por segundo por conexão{off} (padrão: {d.rate:g})")
+    add("--rajada", type=_number(int, 1), default=d.burst, metavar="N",
+        help=f"rajada de comandos permitida por conexão (padrão: {d.burst})")
+    add("--taxa-ip", type=_number(float), default=d.address_lines, metavar="N",
+        help=f"linhas por segundo por endereço IP, somando as conexões{off} "
+             f"(padrão: {d.address_lines:g}, rajada de {d.address_lines_burst})")
+    add("--banda-ip", type=_number(float), default=d.address_bytes, metavar="BYTES",
+        help=f"bytes por segundo por endereço IP, lidos e de respostas{off} "
+             f"(padrão: {d.address_bytes:.0f})")
+    add("--registros-ip", type=_number(float), default=d.registrations, metavar="N",
+        help=f"registros por segundo por endereço IP{off} "
+             f"(padrão: {d.registrations:g}, rajada de {d.registrations_burst})")
+    add("--max-falhas-senha", type=_number(int), default=d.failed_passwords, metavar="N",
+        help="senhas erradas por endereço em 60 s antes de bloquear por um minuto"
+             f"{off} (padrão: {d.failed_passwords})")
+    add("--max-contas-hora", type=_number(int), default=d.accounts_per_hour, metavar="N",
+        help=f"contas criadas por endereço por hora{off} (padrão: {d.accounts_per_hour})")
+    add("--tempo-registro", type=_number(float), default=d.register_timeout, metavar="S",
+        help="segundos que uma conexão sem registro pode ficar sem mandar um comando"
+             f"{off} (padrão: {d.register_timeout:g})")
+    add("--keepalive", type=_number(float, 1), default=d.keepalive_idle, metavar="S",
+        help="segundos de silêncio antes de sondar um cliente (TCP keepalive); quem sumiu da "
+             f"rede sai em cerca de 1,8 × S (padrão: {d.keepalive_idle:g})")
+    add("--tls-cert", metavar="ARQUIVO", help="certificado (PEM) para servir só TLS")
+    add("--tls-key", metavar="ARQUIVO", help="chave privada (PEM) do certificado")
+    add("--log-level", default="INFO", choices=["DEBUG", "INFO", "WARNING", "ERROR"],
+        metavar="NÍVEL", help="nível de log: DEBUG, INFO, WARNING ou ERROR (padrão: INFO)")
     return parser
 
 
 def config_from_args(args: argparse.Namespace) -> ServerConfig:
+    """The configuration the options describe (without the store: see ``open_store``)."""
     tls = None
     if args.tls_cert or args.tls_key:
         if not (args.tls_cert and args.tls_key):
             raise SystemExit("erro: --tls-cert e --tls-key devem ser usados juntos")
         tls = make_tls_context(args.tls_cert, args.tls_key)
-    return ServerConfig(host=args.host, port=args.port, max_clients=args.max_clientes,
-                        max_per_ip=args.max_por_ip, max_line=args.max_linha,
-                        max_pending=args.max_fila, rate=args.taxa, burst=args.rajada,
-                        register_timeout=args.tempo_registro, tls_context=tls)
+    return ServerConfig(
+        host=args.host, port=args.port, max_clients=args.max_clientes,
+        max_per_ip=args.max_por_ip, max_line=args.max_linha, max_pending=args.max_fila,
+        rate=args.taxa, burst=args.rajada, address_lines=args.taxa_ip,
+        address_bytes=args.banda_ip, registrations=args.registros_ip,
+        failed_passwords=args.max_falhas_senha, accounts_per_hour=args.max_contas_hora,
+        max_pending_per_account=args.max_pendentes, register_timeout=args.tempo_registro,
+        keepalive_idle=args.keepalive, tls_context=tls, discovery=not args.sem_descoberta,
+        name=args.nome)
+
+
+def open_store(args: argparse.Namespace) -> armazem.Store | armazem.MemoryStore:
+    """The message store the options ask for; raises ``armazem.StoreError``."""
+    if args.efemero:
+        return armazem.MemoryStore()
+    path = args.dados or armazem.default_data_path()
+    return armazem.Store.open(path, fsync=args.fsync, retention_days=args.retencao)
 
 
 def main(argv: list[str] | None = None) -> int:
+    """Entry point of ``python3 servidor.py`` and of the ``chat-servidor`` script."""
+    argv = sys.argv[1:] if argv is None else argv
+    if argv[:1] == ["contas"]:
+        return armazem.run_accounts_command(argv[1:])
     args = build_parser().parse_args(argv)
-    logging.basicConfig(level=args.log_level,
-                        format="%(asctime)s %(levelname)s %(message)s")
+    with diario.configure(args.log_level):
+        return _run(args)
+
+
+def _run(args: argparse.Namespace) -> int:
     try:
         config = config_from_args(args)
     except (OSError, ssl.SSLError) as exc:
         log.error("não foi possível carregar o certificado TLS: %s", exc)
         return 2
+    try:
+        config.store = open_store(args)
+    except armazem.StoreError as exc:
+        log.error("não foi possível abrir os dados: %s", exc)
+        return 2
+    if config.store.durable:
+        log.info("dados (mensagens e contas) em %s", config.store.path)
+    else:
+        log.info("modo efêmero: nada é guardado em disco e não há contas")
     threading.stack_size(CONNECTION_STACK_SIZE)
-    # Handlers first: a SIGTERM that arrives as soon as the server is
+    # Handlers first: a signal that arrives as soon as the server is
     # listening must still mean a clean stop and exit status 0.
     stop_requested = threading.Event()
 
     def request_stop(signum: int, frame: object) -> None:
         stop_requested.set()
 
-    signal.signal(signal.SIGTERM, request_stop)
-    signal.signal(signal.SIGINT, request_stop)
+    for name in ("SIGTERM", "SIGINT", "SIGBREAK"):  # SIGBREAK: Ctrl+Break on Windows
+        signum = getattr(signal, name, None)
+        if signum is not None:
+            signal.signal(signum, request_stop)
     server = Servidor(config)
     try:
         server.start()
     except OSError as exc:
         log.error("não foi possível escutar na porta %d: %s", config.port, exc.strerror or exc)
+        config.store.close()
         return 1
-    port = server.address[1]
-    for ip in lan_addresses():
-        log.info("outras máquinas podem conectar em %s porta %d", ip, port)
-
+    _announce_addresses(server.address[1], config)
     while not stop_requested.wait(0.5):
         pass
     log.info("encerrando (sinal recebido)")
     server.stop()
+    config.store.close()
     return 0
+
+
+def _announce_addresses(port: int, config: ServerConfig) -> None:
+    """Tell the teacher which addresses the other machines can use."""
+    if config.host not in ("", "::", "0.0.0.0"):
+        return
+    addresses = rede.lan_addresses()
+    for ip in addresses:
+        log.info("outras máquinas podem conectar em %s", rede.format_host_port(ip, port))
+    if not addresses:
+        log.warning("nenhum endereço de rede local encontrado: esta máquina está na rede?")
 
 
 if __name__ == "__main__":

@@ -56,55 +56,9 @@ from collections import deque
 from dataclasses import dataclass
 
 import protocolo
+import rede
 from protocolo import ErrorCode
-
-try:  # one home for host:porta once rede.py is on main
-    from rede import format_host_port, parse_host_port
-except ImportError:  # pragma: no cover - the tiny fallback below
-    def format_host_port(host: str, port: int) -> str:
-        """``host:porta``, with IPv6 in brackets (``[::1]:1998``)."""
-        return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
-
-    def parse_host_port(text: str, default_port: int) -> tuple[str, int]:
-        """``host``, ``host:porta``, ``[ipv6]:porta`` or a bare IPv6 address."""
-        import ipaddress
-
-        def port_of(part: str) -> int:
-            if not (part.isascii() and part.isdecimal() and len(part) <= 5
-                    and 1 <= int(part) <= 65535):
-                raise ValueError(f"porta inválida: {part!r} (use um número de 1 a 65535)")
-            return int(part)
-
-        text = text.strip()
-        port = default_port
-        if text.startswith("["):
-            host, bracket, rest = text[1:].partition("]")
-            if not bracket:
-                raise ValueError("falta o ']' depois do endereço IPv6")
-            if rest:
-                if not rest.startswith(":"):
-                    raise ValueError(f"texto inesperado depois de ']': {rest!r}")
-                port = port_of(rest[1:])
-            if host:
-                try:
-                    ipaddress.IPv6Address(host)
-                except ValueError:
-                    raise ValueError(f"endereço IPv6 inválido: {host!r}") from None
-        elif text.count(":") >= 2:
-            try:
-                ipaddress.IPv6Address(text)
-            except ValueError:
-                raise ValueError(f"endereço IPv6 inválido: {text!r}") from None
-            host = text
-        else:
-            host, colon, port_text = text.partition(":")
-            if colon:
-                port = port_of(port_text)
-        if not host:
-            raise ValueError("informe o endereço do servidor")
-        if any(char.isspace() for char in host):
-            raise ValueError(f"endereço inválido: {host!r} (não pode ter espaços)")
-        return host, port
+from rede import format_host_port
 
 log = logging.getLogger("cliente.sessao")
 
@@ -1062,7 +1016,7 @@ class ChatSession:
         context = _tls_context(self._tls_ca) if self.tls else None
         sock = socket.create_connection((self.host, self.port), timeout=self.connect_timeout)
         try:
-            protocolo.enable_keepalive(sock)
+            rede.enable_keepalive(sock)
             if context is not None:
                 sock = context.wrap_socket(sock, server_hostname=self.host)
             sock.setblocking(False)

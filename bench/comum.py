@@ -32,6 +32,9 @@ from pathlib import Path
 
 REPO = Path(__file__).resolve().parent.parent
 SERVER_SCRIPT = REPO / "servidor.py"
+UNLIMITED_OPTIONS = ("--taxa", "0", "--taxa-ip", "0", "--banda-ip", "0", "--registros-ip", "0",
+                     "--max-por-ip", "0")
+"""Every abuse limit a load generator on one address would hit, turned off."""
 CLOCK_TICKS = os.sysconf("SC_CLK_TCK") if hasattr(os, "sysconf") else 100
 
 
@@ -150,8 +153,9 @@ class ServerUnderTest:
         self.host, self.port = attach if attach else ("127.0.0.1", 0)
         self.pid = pid
         self.options = list(options) if options is not None else [
-            "--taxa", "0", "--max-por-ip", "0", "--max-clientes", str(max_clients),
-            "--log-level", "WARNING"]
+            *UNLIMITED_OPTIONS, "--max-clientes", str(max_clients), "--log-level", "WARNING"]
+        if "--dados" not in self.options and "--efemero" not in self.options:
+            self.options.insert(0, "--efemero")  # never the user's own data directory
         self.watch_log = watch_log
         self.errors: list[str] = []
         self._process: subprocess.Popen[bytes] | None = None

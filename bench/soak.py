@@ -663,6 +663,8 @@ class Soak:
                 # plus the events that come with and after it.
                 session.presence_valid = session.registered
                 session.presence, session.presence_early = None, []
+            elif line.startswith("ERRO NAO_REGISTRADO ") and not session.registered:
+                pass  # pipelined behind a REGISTRAR the address's budget refused
             elif not limited:
                 self.violation(f"ASSINAR de {session.nick}: {line[:60]!r}")
         elif what == "LISTAR":

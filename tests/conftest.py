@@ -22,6 +22,14 @@ from collections.abc import Callable, Iterator
 from typing import Any
 
 import pytest
+import simulacao
+
+# CHAT_SIMULAR_PLATAFORMA=windows|macos runs the suite with that platform's socket
+# API (tests/simulacao.py); it must happen before any test module imports the product.
+if simulacao.active_mode():
+    simulacao.apply(simulacao.active_mode())
+
+pytest_plugins = ("lan_virtual",)
 
 XVFB_ARGS = ("-screen", "0", "1280x800x24", "-nolisten", "tcp")
 XVFB_START_TIMEOUT = 10.0

@@ -21,7 +21,15 @@ from pathlib import Path
 
 import pytest
 from conftest import pump_until
-from wire import TIMEOUT, WireClient, free_port, make_certificate, running_server, wait_until
+from wire import (
+    TIMEOUT,
+    UNLIMITED,
+    WireClient,
+    free_port,
+    make_certificate,
+    running_server,
+    wait_until,
+)
 
 import cliente
 import protocolo
@@ -39,7 +47,7 @@ pytestmark = pytest.mark.gui
 
 @pytest.fixture
 def server():
-    with running_server(rate=0) as srv:
+    with running_server(**UNLIMITED) as srv:
         yield srv
 
 
@@ -359,7 +367,7 @@ def test_rate_limit_error_appears_inline(tk_root, apps):
 
 
 def test_server_loss_then_one_click_reconnect(tk_root, apps):
-    with running_server(rate=0) as first:
+    with running_server(**UNLIMITED) as first:
         port = first.address[1]
         ana = apps()
         connect(tk_root, ana, port, "ana")
@@ -451,7 +459,7 @@ def certificate(tmp_path_factory):
 def test_tls_checkbox_connects_securely_or_explains_why_not(tk_root, apps, certificate):
     cert, key = certificate
     context = servidor.make_tls_context(cert, key)
-    with running_server(tls_context=context, rate=0) as srv:
+    with running_server(tls_context=context, **UNLIMITED) as srv:
         port = srv.address[1]
         secure = apps(tls_ca=cert)
         assert secure.tls_var.get()  # --tls-ca checks the box

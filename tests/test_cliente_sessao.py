@@ -25,6 +25,7 @@ from cliente_apoio import ScriptedServer, connect, drain, is_reply_to, msg_line,
 from wire import HOST, TIMEOUT, free_port, make_certificate, wait_until
 
 import protocolo
+import rede
 import sessao
 from protocolo import ErrorCode, Message
 from sessao import (
@@ -774,11 +775,11 @@ def test_os_errors_are_translated_never_shown_in_english(exc, expected):
 def test_ipv6_addresses_are_shown_in_brackets():
     field, text = sessao.describe_connect_error(ConnectionRefusedError(111, "x"), "::1", 1998)
     assert field == "servidor" and "[::1]:1998" in text
-    assert sessao.parse_host_port("127.0.0.1:1998", 1) == ("127.0.0.1", 1998)
-    assert sessao.parse_host_port("[::1]:2000", 1998) == ("::1", 2000)
-    assert sessao.parse_host_port("::1", 1998) == ("::1", 1998)
+    assert rede.parse_host_port("127.0.0.1:1998", 1) == ("127.0.0.1", 1998)
+    assert rede.parse_host_port("[::1]:2000", 1998) == ("::1", 2000)
+    assert rede.parse_host_port("::1", 1998) == ("::1", 1998)
     with pytest.raises(ValueError, match="porta inválida"):
-        sessao.parse_host_port("host:99999", 1998)
+        rede.parse_host_port("host:99999", 1998)
 
 
 @pytest.mark.parametrize(("code", "expected"), [

@@ -10,7 +10,7 @@ import socket
 import time
 
 from cliente_apoio import connect, wait_event
-from wire import ServerProcess, WireClient, running_server, wait_until
+from wire import UNLIMITED, ServerProcess, WireClient, running_server, wait_until
 
 import cliente
 
@@ -61,7 +61,7 @@ def test_reset_client_is_unregistered_and_subscribers_told():
 
 
 def test_reset_while_the_server_has_output_queued_for_it():
-    with running_server(rate=0, max_pending=64 * 1024 * 1024) as server, \
+    with running_server(**UNLIMITED, max_pending=64 * 1024 * 1024) as server, \
             registered(server.address, "carla") as carla, \
             registered(server.address, "ana", subscribe=True) as ana:
         bia = registered(server.address, "bia", rcvbuf=4096)
@@ -95,7 +95,7 @@ def test_half_closed_client_still_gets_its_replies():
 
 
 def test_peer_that_stops_reading_does_not_slow_anybody_else():
-    with running_server(rate=0, max_pending=256 * 1024) as server, \
+    with running_server(**UNLIMITED, max_pending=256 * 1024, stall_timeout=1.0) as server, \
             registered(server.address, "carla") as carla, \
             registered(server.address, "dani") as dani, \
             registered(server.address, "ana", subscribe=True) as ana:
@@ -131,7 +131,7 @@ def test_peer_whose_window_stays_shut_is_dropped_by_the_send_timeout():
     sender: its writes stop making progress. The send timeout drops that peer, even
     though its queue never reaches the output bound."""
     send_timeout = 0.5
-    with running_server(rate=0, send_timeout=send_timeout, max_pending=64 * 1024 * 1024) \
+    with running_server(**UNLIMITED, send_timeout=send_timeout, max_pending=64 * 1024 * 1024) \
             as server, \
             registered(server.address, "carla") as carla, \
             registered(server.address, "ana", subscribe=True) as ana:

@@ -21,7 +21,7 @@ import types
 from pathlib import Path
 
 import pytest
-from wire import HOST, TIMEOUT, ServerProcess, WireClient, wait_until
+from wire import HOST, TIMEOUT, UNLIMITED, ServerProcess, WireClient, wait_until
 
 import protocolo
 import servidor
@@ -38,12 +38,14 @@ ERROR_LINE = re.compile(r"ERRO ([A-Z_]+) (\S.*)")
 def make_server():
     """Factory: a started ``Servidor`` on 127.0.0.1 port 0; stopped at teardown.
 
-    ``rate`` defaults to 0 so bursts from tests are never rate limited.
+    Every rate limit defaults to off (``wire.UNLIMITED``) so that bursts from
+    tests, all from 127.0.0.1, are never slowed; the limits have their own tests.
     """
     servers: list[servidor.Servidor] = []
 
     def make(**options: object) -> servidor.Servidor:
-        options.setdefault("rate", 0)
+        for name, value in UNLIMITED.items():
+            options.setdefault(name, value)
         server = servidor.Servidor(servidor.ServerConfig(host=HOST, port=0, **options))
         server.start()
         servers.append(server)
@@ -217,7 +219,7 @@ def test_directory_only_form_with_ipv6(server, connect):
 
 
 @pytest.mark.parametrize("line", [
-    "REGISTRAR ana 10.0.0.5", "REGISTRAR ana 10.0.0.5 0", "REGISTRAR ana 10.0.0.5 65536",
+    "REGISTRAR ana 10.0.0.5 0", "REGISTRAR ana 10.0.0.5 65536",
     "REGISTRAR ana host 5000", "REGISTRAR ana 10.0.0.5 5000 x", "REGISTRAR ana 10.0.0.5 x",
     "REGISTRAR ana fe80::1%eth0 5000", "REGISTRAR ana 1.2.3.4 " + "9" * 4000,
 ])
@@ -344,7 +346,7 @@ def test_verbs_are_case_insensitive(server, connect):
     ("ASSINAR x", "ARGUMENTOS"),
     ("CANCELAR_REGISTRO a b", "ARGUMENTOS"),
     ("REGISTRAR", "ARGUMENTOS"),
-    ("REGISTRAR a b", "ARGUMENTOS"),
+    ("REGISTRAR a b c d", "ARGUMENTOS"),
     ("ENVIAR", "ARGUMENTOS"),
     ("ENVIAR ana", "ARGUMENTOS"),
     ("ENVIAR ana ", "ARGUMENTOS"),
@@ -629,8 +631,8 @@ def test_resets_before_and_during_accept(server, connect):
 # Nicknames
 
 
-@pytest.mark.parametrize("nick", ["João_2", "Ωμέγα", "名前", "Москва", "ana.b-c", "١٢٣", "ß",
-                                  "x" * 32, "ã" * 32])
+@pytest.mark.parametrize("nick", ["João_2", "Ωμέγα", "名前", "Москва", "ana.b-c", "ß",
+                                  "x" * 32, "ã" * 32, "Joa\u0303o"])
 def test_valid_nicknames_register_and_show_as_given(server, connect, nick):
     client = connect(server)
     assert client.request(f"REGISTRAR {nick}") == "OK"
@@ -639,8 +641,9 @@ def test_valid_nicknames_register_and_show_as_given(server, connect, nick):
     assert client.request(f"ENVIAR {nick.upper()} oi") in ("OK", f"MSG {nick} {nick} oi")
 
 
+# Version 2's rules (changed): digits are ASCII, letters from one script.
 @pytest.mark.parametrize("nick", ["x" * 33, "ã" * 33, "ana!", "a/b", "😀", "a@b", "a,b",
-                                  "Joa\u0303o"])
+                                  "١٢٣", "аna", "ana\u3164"])
 def test_invalid_nicknames_are_refused(server, connect, nick):
     client = connect(server)
     assert_error(client.request(f"REGISTRAR {nick}"), "APELIDO_INVALIDO")
@@ -649,8 +652,10 @@ def test_invalid_nicknames_are_refused(server, connect, nick):
 
 def test_nickname_with_spaces_is_an_argument_error(server, connect):
     client = connect(server)
-    assert_error(client.request("REGISTRAR ana maria"), "ARGUMENTOS")
-    assert_error(client.request("REGISTRAR ana maria silva"), "ARGUMENTOS")
+    # Two words are the account form (version 2), refused without a disk;
+    # four are nothing at all.
+    assert_error(client.request("REGISTRAR ana mariana"), "SEM_CONTA")
+    assert_error(client.request("REGISTRAR ana maria da silva"), "ARGUMENTOS")
     assert client.request("REGISTRAR  ana  ") == "OK"  # extra spaces are separators
     assert client.request("RETORNAR ana") == f"ENCONTRADO 127.0.0.1 {client.port}"
 
@@ -828,7 +833,7 @@ def test_listar_reply_is_never_split_by_pushes(server, connect, user):
 
 
 def test_slow_recipient_does_not_delay_others_and_is_dropped(make_server, connect):
-    server = make_server(max_pending=64 * 1024)
+    server = make_server(max_pending=64 * 1024, stall_timeout=1.0)
     slow = connect(server, rcvbuf=4096)
     slow.register("lento")  # and never reads again
     stuck = server.registry.get("lento").connection
@@ -1057,14 +1062,12 @@ def test_subprocess_exits_0_within_3_s_on_sigterm_with_clients(connect):
         slow = connect(target, rcvbuf=4096)
         slow.register("lento")  # never reads: output stays queued for it
         assert watcher.read_line() == "ENTROU lento"
-        # About 3.3 MB: more than loopback's kernel buffers take here, so the
-        # server still holds some at SIGTERM. (Where they take less, lento
-        # is dropped as slow instead; the shutdown bound holds either way.)
-        for _ in range(10):
+        # About 660 KB for a client that never reads: the kernel buffers fill,
+        # the server holds the rest, and ana's thread waits for lento to read
+        # (senders are slowed, not served) -- so SIGTERM finds a connection
+        # blocked on another, output queued, and requests not yet answered.
+        for _ in range(2):
             ana.send(f"ENVIAR lento {'x' * 3000}\n".encode() * 110)
-            for reply in ana.read_lines(110):
-                assert reply == "OK" or reply.startswith(
-                    ("ERRO DESTINATARIO_LENTO ", "ERRO NAO_ENCONTRADO ")), reply
         partial = connect(target)
         partial.send(b"PING sem fim")
         idle = connect(target)
@@ -1075,8 +1078,9 @@ def test_subprocess_exits_0_within_3_s_on_sigterm_with_clients(connect):
         elapsed = time.monotonic() - started
         assert code == 0, process.log
         assert elapsed < 3.0
-        for client in (ana, partial, idle):
+        for client in (partial, idle):
             assert client.expect_eof() == []
+        assert all(line == "OK" or line.startswith("ERRO ") for line in ana.expect_eof())
         assert all(line.startswith("SAIU ") for line in watcher.expect_eof())
     assert any("encerrado" in line for line in process.log), process.log
 

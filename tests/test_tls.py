@@ -20,6 +20,7 @@ import pytest
 from wire import (
     REPO,
     TIMEOUT,
+    UNLIMITED,
     ServerProcess,
     WireClient,
     make_certificate,
@@ -42,6 +43,9 @@ def client_context(certificate: tuple[str, str]) -> ssl.SSLContext:
 
 
 def tls_server(certificate: tuple[str, str], **options: object):
+    """A TLS server; rate limits off unless ``options`` set them (every client is 127.0.0.1)."""
+    for name, value in UNLIMITED.items():
+        options.setdefault(name, value)
     return running_server(tls_context=servidor.make_tls_context(*certificate), **options)
 
 

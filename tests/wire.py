@@ -29,7 +29,6 @@ import socket
 import ssl
 import struct
 import subprocess
-import sys
 import threading
 import time
 from collections import deque
@@ -37,6 +36,7 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
+import simulacao
 
 import protocolo
 import servidor
@@ -47,6 +47,9 @@ REPO = Path(__file__).resolve().parent.parent
 TIMEOUT = 5.0
 """Default bound, in seconds, for any single wait in these tests."""
 POLL_INTERVAL = 0.005
+UNLIMITED = {"rate": 0, "address_lines": 0, "address_bytes": 0, "registrations": 0,
+             "tls_handshakes": 0}
+"""``ServerConfig`` options that turn every rate limit off, for tests that are not about them."""
 
 _barrier_tokens = itertools.count()
 
@@ -93,13 +96,16 @@ class ServerProcess:
     Its log (stderr) is drained by a thread into ``log``, so the pipe can
     never fill up and stall the server; ``port`` is read from the line that
     announces the listening socket. ``args`` are passed after ``--host`` and
-    ``--port``.
+    ``--port``; without ``--dados`` the server runs ``--efemero``, so a test
+    never touches the user's own data directory.
     """
 
     def __init__(self, *args: str, port: int = 0, timeout: float = 10.0) -> None:
+        if "--dados" not in args:
+            args = ("--efemero", *args)  # never the user's own data directory
         self.proc = subprocess.Popen(
-            [sys.executable, str(REPO / "servidor.py"), "--host", HOST, "--port", str(port),
-             *args],
+            simulacao.python_command(REPO / "servidor.py", "--host", HOST, "--port", str(port),
+                                     *args),
             cwd=REPO, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
             stderr=subprocess.PIPE)
         self.log: list[str] = []
