@@ -101,10 +101,13 @@ BELL_INTERVAL = 2.0
 """At most one bell every this many seconds."""
 GROUP_SECONDS = 300
 """Consecutive messages of one sender within this many seconds share one header."""
-MIN_WIDTH, MIN_HEIGHT = 640, 480
+MIN_WIDTH, MIN_HEIGHT = 660, 480
+SIDEBAR_WIDTH = 264
 START_WIDTH, START_HEIGHT = 980, 660
 
 # Own message states, in the order they progress
+LOCAL = 1 << 62
+"""Sorts a local line after every message of the same time."""
 PENDING = "enviando"
 STORED = "guardada"
 WAITING = "aguardando"
@@ -256,7 +259,14 @@ class Entry:
     serial: int = 0
     error: bool = False
     detail: str = ""
-    order: tuple[int, int] = (0, 0)
+    order: tuple[int, int, int] = (0, 0, 0)
+    """Where the line goes: (server time, id, 0) for messages; local lines go after
+    the newest message seen when they were made, (that time, LOCAL, sequence)."""
+
+    @property
+    def identity(self) -> tuple[int, int] | None:
+        """(id, time): ids alone repeat when a server without disk restarts."""
+        return None if self.message_id is None else (self.message_id, self.time_ms)
 
 
 @dataclass(eq=False)
@@ -267,7 +277,7 @@ class Conversation:
     name: str
     is_room: bool
     entries: list[Entry] = field(default_factory=list)
-    ids: set[int] = field(default_factory=set)
+    identities: set[tuple[int, int]] = field(default_factory=set)
     chars: int = 0
     unread: int = 0
     appended: int = 0
@@ -282,11 +292,13 @@ class Conversation:
 
     @property
     def oldest_id(self) -> int | None:
-        return min(self.ids) if self.ids else None
+        """The id to ask HISTORICO for what came before (the oldest message here)."""
+        return next((e.message_id for e in self.entries if e.message_id is not None), None)
 
     @property
     def newest_id(self) -> int | None:
-        return max(self.ids) if self.ids else None
+        return next((e.message_id for e in reversed(self.entries)
+                     if e.message_id is not None), None)
 
 
 class ConversationStore:
@@ -312,7 +324,8 @@ class ConversationStore:
             collections.OrderedDict())
         self.selected: str | None = None
         self.me = ""
-        self.max_id_seen = 0
+        self.newest_time = 0
+        """The latest server time seen: local lines (notices, sends) go right after it."""
         self.total_entries = 0
         self.total_chars = 0
         self.evicted: list[str] = []
@@ -359,22 +372,20 @@ class ConversationStore:
 
     # -- lines --
 
-    def _next_order(self, message_id: int | None) -> tuple[int, int]:
-        if message_id is not None:
-            self.max_id_seen = max(self.max_id_seen, message_id)
-            return (message_id, 0)
-        return (self.max_id_seen, next(self._sequence))
+    def _order_of(self, entry: Entry) -> tuple[int, int, int]:
+        if entry.message_id is not None:
+            self.newest_time = max(self.newest_time, entry.time_ms)
+            return (entry.time_ms, entry.message_id, 0)
+        return (self.newest_time, LOCAL, next(self._sequence))
 
     def _add(self, conv: Conversation, entry: Entry) -> bool:
-        """Put ``entry`` in place; False if its id is already there."""
-        if entry.message_id is not None:
-            if entry.message_id in conv.ids:
+        """Put ``entry`` in place; False if the same message is already there."""
+        identity = entry.identity
+        if identity is not None:
+            if identity in conv.identities:
                 return False
-            conv.ids.add(entry.message_id)
-        if not entry.order[0] and not entry.order[1]:
-            entry.order = self._next_order(entry.message_id)
-        elif entry.message_id is not None:
-            self.max_id_seen = max(self.max_id_seen, entry.message_id)
+            conv.identities.add(identity)
+        entry.order = self._order_of(entry)
         if not conv.entries or entry.order > conv.entries[-1].order:
             conv.entries.append(entry)
             conv.appended += 1
@@ -407,12 +418,13 @@ class ConversationStore:
 
     def add_own(self, target: str, text: str, serial: int) -> tuple[Conversation, Entry]:
         conv = self.ensure(target)
-        entry = Entry("msg", text, self.me, now_ms(), None, True, PENDING, serial)
+        entry = Entry("msg", text, self.me, max(now_ms(), self.newest_time), None, True,
+                      PENDING, serial)
         self._add(conv, entry)
         return conv, entry
 
     def add_notice(self, conv: Conversation, text: str, error: bool = False) -> Entry:
-        entry = Entry("notice", text, time_ms=now_ms(), error=error)
+        entry = Entry("notice", text, time_ms=max(now_ms(), self.newest_time), error=error)
         self._add(conv, entry)
         return entry
 
@@ -437,13 +449,13 @@ class ConversationStore:
         if found is None:
             return None
         conv, entry = found
-        if message_id in conv.ids:  # history brought it first: keep one
+        if (message_id, time_ms) in conv.identities:  # history brought it first: keep one
             self._drop(conv, entry)
             return None
         entry.message_id, entry.time_ms = message_id, time_ms
         entry.status = WAITING if waiting else STORED
-        conv.ids.add(message_id)
-        self.max_id_seen = max(self.max_id_seen, message_id)
+        conv.identities.add((message_id, time_ms))
+        self.newest_time = max(self.newest_time, time_ms)
         if not conv.is_room:
             self._by_id[message_id] = (conv, entry)
         return found
@@ -477,6 +489,8 @@ class ConversationStore:
             conv.chars -= len(entry.text)
             self.total_entries -= 1
             self.total_chars -= len(entry.text)
+            if entry.identity is not None:
+                conv.identities.discard(entry.identity)
         self._forget(conv, [entry])
 
     def _forget(self, conv: Conversation, entries: Iterable[Entry]) -> None:
@@ -508,8 +522,8 @@ class ConversationStore:
         self.total_entries -= len(dropped)
         self.total_chars -= removed_chars
         for entry in dropped:
-            if entry.message_id is not None:
-                conv.ids.discard(entry.message_id)
+            if entry.identity is not None:
+                conv.identities.discard(entry.identity)
         self._forget(conv, dropped)
         if conv.history == "done":
             conv.history = "more"  # the server still has them
@@ -627,7 +641,7 @@ def _setup_style(master: tk.Misc, fonts: dict[str, tkfont.Font]) -> None:
               bordercolor=[("focus", ACCENT)])
     style.configure("Sidebar.TButton", background="#2e3542", foreground=SIDEBAR_TEXT,
                     bordercolor="#3b4352", lightcolor="#2e3542", darkcolor="#2e3542",
-                    padding=(8, 4), focuscolor=SIDEBAR_TEXT)
+                    padding=(6, 4), focuscolor=SIDEBAR_TEXT)
     style.map("Sidebar.TButton", background=[("disabled", "#272d38"), ("pressed", "#262c37"),
                                              ("active", "#38404f")],
               foreground=[("disabled", "#687186")], bordercolor=[("focus", "#8fb1f0")])
@@ -649,6 +663,8 @@ def _setup_style(master: tk.Misc, fonts: dict[str, tkfont.Font]) -> None:
                     font=fonts["small"])
     style.configure("SidebarName.TLabel", background=SIDEBAR, foreground=SIDEBAR_TEXT,
                     font=fonts["base_bold"])
+    style.configure("SidebarHeading.TLabel", background=SIDEBAR, foreground=SIDEBAR_MUTED,
+                    font=fonts["small_bold"])
     style.configure("Sidebar.Treeview", background=SIDEBAR, fieldbackground=SIDEBAR,
                     foreground=SIDEBAR_TEXT, bordercolor=SIDEBAR, lightcolor=SIDEBAR,
                     darkcolor=SIDEBAR, rowheight=fonts["base"].metrics("linespace") + 12,
@@ -763,6 +779,17 @@ class OneLineLabel(ttk.Label if tk is not None else object):  # type: ignore[mis
 
     def _refit(self) -> None:
         self.configure(text=fit_text(self.full_text, self._font, self.winfo_width() - 4))
+
+
+class AutoScrollbar(ttk.Scrollbar if tk is not None else object):  # type: ignore[misc]
+    """A scrollbar that is there only when there is something to scroll."""
+
+    def set(self, first: float | str, last: float | str) -> None:
+        if float(first) <= 0.0 and float(last) >= 1.0:
+            self.grid_remove()
+        else:
+            self.grid()
+        super().set(first, last)
 
 
 class FieldError(tk.Label if tk is not None else object):  # type: ignore[misc]
@@ -963,7 +990,7 @@ class Sidebar:
     def __init__(self, app: ChatApp, parent: tk.Misc) -> None:
         self.app = app
         fonts = app.fonts
-        self.frame = ttk.Frame(parent, style="Sidebar.TFrame", width=240)
+        self.frame = ttk.Frame(parent, style="Sidebar.TFrame", width=SIDEBAR_WIDTH)
         self.frame.grid_propagate(False)
         self.frame.columnconfigure(0, weight=1)
         self.frame.rowconfigure(1, weight=1)
@@ -985,10 +1012,10 @@ class Sidebar:
                                  style="Sidebar.Treeview", takefocus=True)
         self.tree.column("#0", stretch=True, minwidth=120)
         self.tree.column("badge", width=44, minwidth=44, stretch=False, anchor="e")
-        scrollbar = ttk.Scrollbar(holder, orient="vertical", command=self.tree.yview,
+        scrollbar = AutoScrollbar(holder, orient="vertical", command=self.tree.yview,
                                   style="Sidebar.Vertical.TScrollbar")
         self.tree.configure(yscrollcommand=scrollbar.set)
-        self.tree.grid(row=0, column=0, sticky="nsew", padx=(6, 0))
+        self.tree.grid(row=0, column=0, sticky="nsew", padx=(6, 6))
         scrollbar.grid(row=0, column=1, sticky="ns")
         self.tree.tag_configure("heading", foreground=SIDEBAR_MUTED, font=fonts["small_bold"])
         self.tree.tag_configure("offline", foreground="#9aa3b5")
@@ -999,21 +1026,23 @@ class Sidebar:
         self.tree.bind("<Return>", lambda _e: self.app.start_chat() or "break")
         self.tree.bind("<KP_Enter>", lambda _e: self.app.start_chat() or "break")
 
-        join = ttk.Frame(self.frame, style="Sidebar.TFrame", padding=(10, 8, 10, 0))
+        join = ttk.Frame(self.frame, style="Sidebar.TFrame", padding=(12, 10, 12, 0))
         join.grid(row=2, column=0, sticky="ew")
         join.columnconfigure(0, weight=1)
+        ttk.Label(join, text="ENTRAR EM UMA SALA", style="SidebarHeading.TLabel").grid(
+            row=0, column=0, columnspan=2, sticky="w", pady=(0, 4))
         self.room_entry = ttk.Combobox(join, textvariable=app.room_var, width=12,
                                        style="Sidebar.TCombobox",
                                        postcommand=self.app.refresh_rooms)
-        self.room_entry.grid(row=0, column=0, sticky="ew")
+        self.room_entry.grid(row=1, column=0, sticky="ew")
         self.join_button = ttk.Button(join, text="Entrar", style="Sidebar.TButton",
                                       command=app.join_room)
-        self.join_button.grid(row=0, column=1, padx=(6, 0))
+        self.join_button.grid(row=1, column=1, sticky="ns", padx=(6, 0))
         self.room_entry.bind("<Return>", lambda _e: self.app.join_room() or "break")
-        self.room_error = ttk.Label(join, text="", style="SidebarMuted.TLabel", width=1)
-        self.room_error.grid(row=1, column=0, columnspan=2, sticky="ew", pady=(2, 0))
+        self.room_error = OneLineLabel(join, fonts["small"], style="SidebarMuted.TLabel")
+        self.room_error.grid(row=2, column=0, columnspan=2, sticky="ew", pady=(2, 0))
 
-        actions = ttk.Frame(self.frame, style="Sidebar.TFrame", padding=(10, 6, 10, 12))
+        actions = ttk.Frame(self.frame, style="Sidebar.TFrame", padding=(12, 4, 12, 12))
         actions.grid(row=3, column=0, sticky="ew")
         actions.columnconfigure(0, weight=1, uniform="a")
         actions.columnconfigure(1, weight=1, uniform="a")
@@ -1028,7 +1057,6 @@ class Sidebar:
         self._people: list[tuple[tuple, str]] = []  # (sort key, key), sorted
         self._person_sort: dict[str, tuple] = {}
         self._dirty: dict[str, None] = {}
-        self._selecting = False
 
     # -- what is shown --
 
@@ -1143,24 +1171,22 @@ class Sidebar:
         return selection[0][2:]
 
     def select(self, key: str | None) -> None:
-        """Show ``key`` as selected without acting on it (the window already does)."""
-        self._selecting = True
-        try:
-            if key is None:
+        """Show ``key`` as selected (the window already shows its conversation).
+
+        Tk reports the change later, as ``<<TreeviewSelect>>``; ``_on_select``
+        then finds the conversation already open and does nothing.
+        """
+        if key is None:
+            if self.tree.selection():
                 self.tree.selection_set(())
-                return
-            iid = f"r:{key}" if key.startswith("#") else f"p:{key}"
-            if self.tree.exists(iid):
-                self.tree.selection_set(iid)
-                self.tree.focus(iid)
-                self.tree.see(iid)
-        finally:
-            self.tree.update_idletasks()
-            self._selecting = False
+            return
+        iid = f"r:{key}" if key.startswith("#") else f"p:{key}"
+        if self.tree.exists(iid) and self.tree.selection() != (iid,):
+            self.tree.selection_set(iid)
+            self.tree.focus(iid)
+            self.tree.see(iid)
 
     def _on_select(self, _event: object) -> None:
-        if self._selecting:
-            return
         selection = self.tree.selection()
         if not selection:
             return
@@ -1175,7 +1201,9 @@ class Sidebar:
             self.tree.selection_set(target)
             self.tree.focus(target)
             return
-        self.app.open_conversation(iid[2:], focus_input=False)
+        current = self.app.current
+        if current is None or current.key != iid[2:]:
+            self.app.open_conversation(iid[2:], focus_input=False)
 
 
 class ConversationView:
@@ -1220,7 +1248,7 @@ class ConversationView:
                             takefocus=0, width=40, height=10, spacing1=1, spacing3=1,
                             selectbackground=ACCENT_SOFT, selectforeground=TEXT,
                             inactiveselectbackground=ACCENT_SOFT)
-        self.scrollbar = ttk.Scrollbar(body, orient="vertical", command=self.text.yview)
+        self.scrollbar = AutoScrollbar(body, orient="vertical", command=self.text.yview)
         self.text.configure(yscrollcommand=self._on_scroll)
         self.text.grid(row=0, column=0, sticky="nsew")
         self.scrollbar.grid(row=0, column=1, sticky="ns")
@@ -1753,12 +1781,13 @@ class ChatApp:
         self.chat_button = self.sidebar.chat_button
         self.send_button = self.composer.send_button
 
-    def _show_connect_view(self) -> None:
+    def _show_connect_view(self, focus: bool = True) -> None:
         self._view_name = "connect"
         self.chat.grid_remove()
         self.panel.frame.grid(row=0, column=0, sticky="nsew")
         self.status.set("Desconectado.", "offline")
-        self.master.after_idle(lambda: self._focus(self.panel.initial_focus()))
+        if focus:
+            self._focus(self.panel.initial_focus())
 
     def _show_chat_view(self) -> None:
         self._view_name = "chat"
@@ -2018,10 +2047,10 @@ class ChatApp:
         if name and not name.startswith("#"):
             name = "#" + name
         if not protocolo.valid_room(name):
-            self.sidebar.room_error.configure(
-                text="Nome de sala: # e de 1 a 32 letras, dígitos, _ - .", foreground=ERROR)
+            self.sidebar.room_error.configure(foreground="#ffb4a9")
+            self.sidebar.room_error.set("Nome de sala: # e 1 a 32 letras, dígitos, _ - .")
             return
-        self.sidebar.room_error.configure(text="")
+        self.sidebar.room_error.set("")
         if not self._request(lambda session: session.join(name)):
             return
         self.room_var.set("")
@@ -2321,7 +2350,8 @@ class ChatApp:
     def _on_connect_failed(self, event: ConnectFailed) -> None:
         self.session = None
         self.panel.set_busy(False)
-        self._show_connect_view()
+        if self._view_name != "connect":
+            self._show_connect_view(focus=False)
         self.panel.set_errors({event.field: event.message})
         self.status.set("Não foi possível conectar.", "error")
         self._focus(self.panel.entries.get(event.field, self.panel.address_entry))
@@ -2334,9 +2364,9 @@ class ChatApp:
                 event.message + ".")
             self._retry_at = time.monotonic() + event.retry_in
             if first:
-                note = f"Conexão perdida: {event.message}"
                 for conv in list(self.store.conversations.values()):
-                    self.store.add_notice(conv, note, error=True)
+                    self.store.add_notice(conv, "Conexão com o servidor perdida. Reconectando…",
+                                          error=True)
             self._show_connection_state()
             return
         # The session has ended.
@@ -2453,7 +2483,8 @@ class ChatApp:
             text = ("Você já está no máximo de salas." if result.code is ErrorCode.LIMITE
                     else "Nome de sala inválido." if result.code is ErrorCode.SALA_INVALIDA
                     else f"Não foi possível entrar em {room}.")
-            self.sidebar.room_error.configure(text=text, foreground="#ffb4a9")
+            self.sidebar.room_error.configure(foreground="#ffb4a9")
+            self.sidebar.room_error.set(text)
 
     def _focus_in_chat_idle(self) -> bool:
         """True when moving the focus to the message box cannot take anything from the user."""
@@ -2461,7 +2492,8 @@ class ChatApp:
             focus = self.master.focus_get()
         except (tk.TclError, KeyError):
             return False
-        return focus is None or focus is self.sidebar.tree
+        return (focus is None or focus is self.sidebar.tree
+                or str(focus).startswith(str(self.panel.frame) + "."))
 
     def expects_receipts(self, conv: Conversation | None) -> bool:
         """Whether ✓✓ can come for own messages in ``conv`` (direct, between accounts)."""
@@ -2518,6 +2550,29 @@ class ChatApp:
             session.close(wait=True)
         with contextlib.suppress(tk.TclError):
             self.master.destroy()
+        self._release_tk_objects()
+
+    def _release_tk_objects(self) -> None:
+        """Free this window's images, fonts and variables now, in Tk's thread.
+
+        Otherwise they go whenever the garbage collector finds them, maybe
+        in another thread, where tkinter's clean-up waits up to a second per
+        object for Tk's loop (and then fails): a closed window would stall
+        whatever thread collects it.
+        """
+        for image in self.icons.values():
+            with contextlib.suppress(tk.TclError):
+                image.tk.call("image", "delete", image.name)
+            image.name = ""  # nothing left for Image.__del__ to do
+        for font in self.fonts.values():
+            with contextlib.suppress(tk.TclError):
+                font._call("font", "delete", font.name)
+            font.delete_font = False
+        for variable in (self.address_var, self.nick_var, self.password_var, self.tls_var,
+                         self.room_var):
+            with contextlib.suppress(tk.TclError):
+                variable._tk.globalunsetvar(variable._name)
+            variable._tk = None  # Variable.__del__ returns at once
 
     @property
     def closed(self) -> bool:

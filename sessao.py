@@ -640,12 +640,14 @@ class ChatSession:
         self._connect_error: str | None = None
         self._shown_direct_id = 0
         """Highest id of a message to this account that the reader took (GUI thread writes)."""
+        self._repeated_direct_id = 0
+        """Highest id of a message to this account pushed again after the reader had it."""
         # Only the session thread uses these:
         self._collector: _Collector | None = None
         self._acked_id = 0
         self._last_ack = 0.0
-        self._seen_ids: set[int] = set()
-        self._seen_order: deque[int] = deque()
+        self._seen: collections.OrderedDict[tuple[int, int], None] = collections.OrderedDict()
+        """(id, time) of recent messages: an id alone repeats after an --efemero restart."""
         self._unreadable = 0
         self._refusal: tuple[str, str, bool] | None = None  # field, message, fatal
         self._last_byte = 0.0
@@ -834,9 +836,13 @@ class ChatSession:
             self._outgoing += line
         return None
 
+    def _ack_candidate(self) -> int:
+        """The id RECEBIDO should carry: the newest message to this account the user has."""
+        return max(self._shown_direct_id, self._repeated_direct_id)
+
     def _queue_final_ack_locked(self) -> None:
-        if self.account and self._shown_direct_id > self._acked_id:
-            self._acked_id = self._shown_direct_id
+        if self.account and self._ack_candidate() > self._acked_id:
+            self._acked_id = self._ack_candidate()
             self._enqueue_locked(protocolo.Received(self._acked_id), silent=True, paced=False)
 
     def _wake(self) -> None:
@@ -1150,14 +1156,14 @@ class ChatSession:
 
     def _maybe_ack(self, now: float) -> None:
         """RECEBIDO with the newest message handed over, at most every ``received_interval``."""
-        if not self.account or self._shown_direct_id <= self._acked_id:
+        if not self.account or self._ack_candidate() <= self._acked_id:
             return
         if now - self._last_ack < self.received_interval:
             return
         with self._lock:
             if len(self._pending) >= MAX_PENDING_REPLIES:
                 return
-            self._acked_id = self._shown_direct_id
+            self._acked_id = self._ack_candidate()
             self._enqueue_locked(protocolo.Received(self._acked_id), silent=True)
         self._last_ack = now
 
@@ -1250,19 +1256,22 @@ class ChatSession:
         self.events.put(item)
 
     def _first_time(self, message: protocolo.Message) -> bool:
-        """False for a message already handed over (at-least-once delivery repeats some)."""
-        message_id = message.message_id
-        if message_id is None:
+        """False for a message already handed over (at-least-once delivery repeats some).
+
+        A message is known by its id *and* time: a server run with --efemero
+        numbers from 1 again after a restart. A repeated message to this
+        account still counts for RECEBIDO, or it would come back every time.
+        """
+        if message.message_id is None:
             return True
-        if message_id in self._seen_ids:
+        key = (message.message_id, message.time_ms or 0)
+        if key in self._seen:
+            if not protocolo.is_room(message.target):
+                self._repeated_direct_id = max(self._repeated_direct_id, message.message_id)
             return False
-        if (not protocolo.is_room(message.target) and self.account
-                and message_id <= max(self._acked_id, self._shown_direct_id)):
-            return False
-        self._seen_ids.add(message_id)
-        self._seen_order.append(message_id)
-        if len(self._seen_order) > SEEN_IDS:
-            self._seen_ids.discard(self._seen_order.popleft())
+        self._seen[key] = None
+        if len(self._seen) > SEEN_IDS:
+            self._seen.popitem(last=False)
         return True
 
     def _complete(self, pending: PendingReply, result: Result) -> bool:
@@ -1316,8 +1325,9 @@ class ChatSession:
             rooms = list(self._joined.values()) if reconnected else list(self._initial_rooms)
             for room in rooms:
                 self._enqueue_locked(protocolo.Join(room))
-            if self.account and self._shown_direct_id > self._acked_id:
-                self._acked_id = self._shown_direct_id
+            if self.account and self._ack_candidate():
+                # What the user got before the loss may not have been acknowledged.
+                self._acked_id = self._ack_candidate()
                 self._enqueue_locked(protocolo.Received(self._acked_id), silent=True)
         self._established = self._registered_now = True
         self._last_byte = time.monotonic()

@@ -1,4 +1,4 @@
-"""Shared pytest fixtures: a virtual X display, a Tk root per test, and pumping.
+"""Shared pytest fixtures: a virtual X display, a window manager, a Tk root per test, pumping.
 
 GUI tests run against a real Tk in a real (virtual) X server. When ``DISPLAY``
 is already set it is used as is; otherwise one ``Xvfb`` is started for the whole
@@ -114,6 +114,55 @@ def xvfb_display() -> Iterator[str]:
         finally:
             _stop_process(proc)
             os.environ.pop("DISPLAY", None)
+
+
+WM_START_TIMEOUT = 5.0
+
+
+def _window_manager_running() -> bool:
+    """True when an EWMH window manager owns the display (``xdotool`` asks it)."""
+    try:
+        done = subprocess.run(["xdotool", "get_num_desktops"], capture_output=True,
+                              text=True, timeout=XVFB_STOP_TIMEOUT, check=False)
+    except (OSError, subprocess.TimeoutExpired):
+        return False
+    return done.returncode == 0 and done.stdout.strip().isdigit()
+
+
+@pytest.fixture(scope="session")
+def window_manager(xvfb_display: str) -> Iterator[str]:
+    """Make sure a window manager runs on the display; yield its name.
+
+    Focus only behaves as on a desktop when a window manager gives it out,
+    so the GUI tests where focus matters use this. On a display that already
+    has one (a developer's desktop), nothing is started. Otherwise ``openbox``
+    is started inside the display and stopped by PID at the end; the test is
+    skipped with a reason when openbox or xdotool is missing.
+    """
+    if shutil.which("xdotool") is None:
+        pytest.skip("xdotool não encontrado: instale o pacote xdotool para os testes de foco")
+    if _window_manager_running():
+        yield "existente"
+        return
+    openbox = shutil.which("openbox")
+    if openbox is None:
+        pytest.skip("openbox não encontrado: instale o pacote openbox para os testes de foco")
+    with tempfile.TemporaryFile() as log:
+        proc = subprocess.Popen([openbox, "--sm-disable"], stdin=subprocess.DEVNULL,
+                                stdout=log, stderr=log)
+        deadline = time.monotonic() + WM_START_TIMEOUT
+        while not _window_manager_running():
+            if proc.poll() is not None or time.monotonic() > deadline:
+                _stop_process(proc)
+                log.seek(0)
+                output = log.read().decode("utf-8", "replace")
+                pytest.fail(f"o openbox não começou a gerenciar a tela em "
+                            f"{WM_START_TIMEOUT:g} s\nSaída:\n{output}", pytrace=False)
+            time.sleep(PUMP_INTERVAL * 4)
+        try:
+            yield "openbox"
+        finally:
+            _stop_process(proc)
 
 
 @pytest.fixture
