@@ -153,10 +153,9 @@ def validate_connect_form(address: str, nick: str, password: str, tls: bool,
     if not nick:
         errors["apelido"] = "Informe um apelido."
     elif not protocolo.valid_nick(nick):
-        errors["apelido"] = ("Apelido inválido: de 1 a 32 letras de um só alfabeto, "
-                             "dígitos, “_”, “-” ou “.”.")
+        errors["apelido"] = "Apelido inválido: 1 a 32 letras de um alfabeto, dígitos, _ - ."
     if password and (not protocolo.valid_password(password) or " " in password):
-        errors["senha"] = "A senha deve ter de 6 a 128 caracteres, sem espaços."
+        errors["senha"] = "Senha inválida: 6 a 128 caracteres, sem espaços."
     if errors:
         return None, errors
     return ConnectSettings(host, port, nick, password or None, tls), {}
@@ -882,27 +881,28 @@ class ConnectPanel:
         self.servers_list.bind("<Return>", lambda _e: self.app.connect())
         self.servers: dict[str, object] = {}
 
+        # Made in the order Tab visits them: address, TLS, nickname, password, Conectar.
+        self.address_entry = ttk.Entry(card, textvariable=app.address_var, width=44)
+        self.address_entry.grid(row=4, column=0, columnspan=2, sticky="ew", pady=(3, 0))
         head = ttk.Frame(card, style="Card.TFrame")
         head.grid(row=3, column=0, columnspan=2, sticky="ew")
         ttk.Label(head, text="Servidor", style="Field.TLabel").pack(side="left")
         self.tls_check = ttk.Checkbutton(head, text="Usar TLS", variable=app.tls_var)
-        self.address_entry = ttk.Entry(card, textvariable=app.address_var, width=40)
-        self.address_entry.grid(row=4, column=0, columnspan=2, sticky="ew", pady=(3, 0))
-        self.tls_check.pack(side="right")  # after the entry in the Tab order
-        self.errors = {"servidor": FieldError(card, fonts["small"], 3)}
+        self.tls_check.pack(side="right")
+        self.errors = {"servidor": FieldError(card, fonts["small"], 2)}
         self.errors["servidor"].grid(row=5, column=0, columnspan=2, sticky="ew")
 
         ttk.Label(card, text="Apelido", style="Field.TLabel").grid(row=6, column=0, sticky="w")
         ttk.Label(card, text="Senha (opcional)", style="Field.TLabel").grid(
-            row=6, column=1, sticky="w", padx=(12, 0))
+            row=6, column=1, sticky="w", padx=(8, 0))
         self.nick_entry = ttk.Entry(card, textvariable=app.nick_var, width=18)
-        self.nick_entry.grid(row=7, column=0, sticky="ew", pady=(3, 0))
+        self.nick_entry.grid(row=7, column=0, sticky="ew", padx=(0, 8), pady=(3, 0))
         self.password_entry = ttk.Entry(card, textvariable=app.password_var, width=18, show="•")
-        self.password_entry.grid(row=7, column=1, sticky="ew", padx=(12, 0), pady=(3, 0))
+        self.password_entry.grid(row=7, column=1, sticky="ew", padx=(8, 0), pady=(3, 0))
         self.errors["apelido"] = FieldError(card, fonts["small"], 2)
-        self.errors["apelido"].grid(row=8, column=0, sticky="ew")
+        self.errors["apelido"].grid(row=8, column=0, sticky="ew", padx=(0, 8))
         self.errors["senha"] = FieldError(card, fonts["small"], 2)
-        self.errors["senha"].grid(row=8, column=1, sticky="ew", padx=(12, 0))
+        self.errors["senha"].grid(row=8, column=1, sticky="ew", padx=(8, 0))
         self.errors["tls"] = self.errors["servidor"]
         ttk.Label(card, text="Com senha, o apelido fica reservado para você e as mensagens "
                              "esperam quando estiver offline.",
@@ -1679,7 +1679,8 @@ class ChatApp:
                  tls_ca: str | None = None,
                  session_factory: Callable[[], ChatSession] = ChatSession,
                  discover: Callable[[tuple[str, ...]], object] | None = default_discovery,
-                 sound: bool = True, store: ConversationStore | None = None) -> None:
+                 sound: bool = True, store: ConversationStore | None = None,
+                 history_page: int = HISTORY_PAGE) -> None:
         if tk is None:
             raise RuntimeError("tkinter não está disponível neste Python")
         self.master = master
@@ -1687,6 +1688,7 @@ class ChatApp:
         self.session_factory = session_factory
         self.discover = discover
         self.sound = sound
+        self.history_page = history_page
         self.session: ChatSession | None = None
         self.settings: ConnectSettings | None = None
         self.nick = ""
@@ -2099,7 +2101,7 @@ class ChatApp:
         if session is None or not session.connected:
             return
         try:
-            pending = session.history(conv.name, before, HISTORY_PAGE)
+            pending = session.history(conv.name, before, self.history_page)
         except (NotConnectedError, SendQueueFullError):
             return
         if why != "catch-up":

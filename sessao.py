@@ -344,14 +344,13 @@ class EventQueue:
 
 
 _REGISTER_ERRORS = {
+    # Shown under the field they belong to, in half the form's width: short.
     ErrorCode.APELIDO_EM_USO: ("apelido", "O apelido “{nick}” já está em uso. Escolha outro."),
-    ErrorCode.APELIDO_INVALIDO: ("apelido", "Apelido inválido: use de 1 a 32 letras (de um só "
-                                 "alfabeto), dígitos, “_”, “-” ou “.”, sem espaços."),
-    ErrorCode.APELIDO_RESERVADO: ("senha", "O apelido “{nick}” tem conta neste servidor: "
-                                  "informe a senha dele."),
+    ErrorCode.APELIDO_INVALIDO: ("apelido", "Apelido inválido: 1 a 32 letras de um alfabeto, "
+                                 "dígitos, _ - ."),
+    ErrorCode.APELIDO_RESERVADO: ("senha", "“{nick}” tem conta aqui: informe a senha."),
     ErrorCode.SENHA_INCORRETA: ("senha", "Senha incorreta para “{nick}”."),
-    ErrorCode.SENHA_INVALIDA: ("senha", "Senha inválida: use de 6 a 128 caracteres, sem "
-                               "espaços."),
+    ErrorCode.SENHA_INVALIDA: ("senha", "Senha inválida: 6 a 128 caracteres, sem espaços."),
     ErrorCode.SEM_CONTA: ("senha", "Este servidor não guarda contas; entre sem senha."),
     ErrorCode.JA_REGISTRADO: ("apelido", "Esta conexão já tem um apelido registrado."),
     ErrorCode.LOTADO: ("servidor", "O servidor está lotado. Tente de novo mais tarde."),

@@ -370,7 +370,7 @@ def test_the_window_never_jumps_when_the_status_changes(tk_root, server, apps):
     ("[::1", "ana", "", "servidor", "Falta o ']'"),
     ("{server}", "", "", "apelido", "Informe um apelido."),
     ("{server}", "com espaço", "", "apelido", "Apelido inválido"),
-    ("{server}", "ana", "curta", "senha", "de 6 a 128 caracteres"),
+    ("{server}", "ana", "curta", "senha", "6 a 128 caracteres"),
     ("{free}", "ana", "", "servidor", "Conexão recusada por 127.0.0.1:"),
     ("{server}", "Ocupado", "", "apelido", "“Ocupado” já está em uso"),
     ("{server}", "ana", "segredo123", "senha", "não guarda contas; entre sem senha"),
@@ -411,6 +411,143 @@ def test_ipv6_addresses_are_understood_and_shown_in_brackets(tk_root, apps):
         app.close()
     finally:
         srv.stop()
+
+
+# --------------------------------------------------------------------------
+# Rooms, the LAN, the bell, days
+
+
+def test_rooms_are_joined_created_listed_and_left(tk_root, server, apps):
+    port = server.address[1]
+    ana, bruno = apps(), apps()
+    connect(tk_root, ana, port, "ana")
+    connect(tk_root, bruno, port, "bruno")
+    ana.room_var.set("a b")
+    ana.sidebar.join_button.invoke()
+    assert "Nome de sala" in ana.sidebar.room_error.full_text
+    ana.room_var.set("redes-2026")  # the # is optional
+    ana.sidebar.join_button.invoke()
+    pump_until(tk_root, lambda: ana.current is not None and ana.current.name == "#redes-2026",
+               TIMEOUT)
+    assert labels(ana)[:2] == ["#geral", "#redes-2026"]
+    assert ana.sidebar.room_error.full_text == ""
+    assert tk_root.focus_get() is ana.composer.text
+    # Bruno finds it in the list of rooms (SALAS) and joins.
+    bruno.refresh_rooms()
+    pump_until(tk_root, lambda: "#redes-2026" in bruno.sidebar.room_entry.cget("values"),
+               TIMEOUT)
+    bruno.room_var.set("#redes-2026")
+    press(tk_root, bruno.sidebar.room_entry, "<Return>")
+    pump_until(tk_root, lambda: bruno.current.name == "#redes-2026", TIMEOUT)
+    pump_until(tk_root, lambda: ana.view.subtitle_label.full_text
+               == "2 participantes: ana, bruno", TIMEOUT)
+    type_and_send(tk_root, bruno, "cheguei")
+    pump_until(tk_root, lambda: "cheguei" in ana.view.history(), TIMEOUT)
+    # Ana leaves: the room goes from her list; Bruno sees one participant.
+    ana.view.leave_button.invoke()
+    pump_until(tk_root, lambda: labels(ana)[:2] == ["#geral", "bruno"], TIMEOUT)
+    assert ana.current is None
+    pump_until(tk_root, lambda: bruno.view.subtitle_label.full_text
+               == "1 participante: bruno", TIMEOUT)
+
+
+def test_servers_found_on_the_lan_fill_the_address(tk_root, apps):
+    import descoberta
+
+    with running_server(**UNLIMITED, name="Laboratório 3") as srv:
+        port = srv.address[1]
+        searches = []
+
+        def discover(hosts):
+            searches.append(hosts)
+            return descoberta.discover_in_background(port, ("127.0.0.1",), broadcast=False,
+                                                     timeout=2.0)
+
+        app = apps(discover=discover, host="outro.exemplo")
+        servers = app.panel.servers_list
+        pump_until(tk_root, lambda: servers.get_children(), TIMEOUT)
+        (item,) = servers.get_children()
+        assert servers.item(item, "text").strip() == f"Laboratório 3 — 127.0.0.1:{port}"
+        servers.selection_set(item)
+        pump_until(tk_root, lambda: app.address_var.get() == f"127.0.0.1:{port}", TIMEOUT)
+        assert not app.tls_var.get()
+        app.panel.refresh_servers_button.invoke()
+        assert len(searches) == 2
+        assert "Procurando servidores" in app.panel.servers_placeholder.cget("text")
+        pump_until(tk_root, lambda: servers.get_children(), TIMEOUT)
+
+
+def test_nothing_found_on_the_lan_says_so(tk_root, apps):
+    class NothingFound:
+        def done(self):
+            return True
+
+        def result(self, timeout=0):
+            return []
+
+    app = apps(discover=lambda hosts: NothingFound())
+    pump_until(tk_root, lambda: "Nenhum servidor respondeu"
+               in app.panel.servers_placeholder.cget("text"), TIMEOUT)
+
+
+def test_the_bell_rings_for_new_messages_but_not_too_often(tk_root, server, apps,
+                                                          monkeypatch):
+    monkeypatch.setattr(cliente, "BELL_INTERVAL", 0.5)
+    ana = apps(sound=True)
+    connect(tk_root, ana, server.address[1], "ana")
+    with WireClient(server.address) as bia:
+        bia.register("bia")
+        for i in range(5):
+            bia.send_line(f"ENVIAR ana rajada {i}")
+        pump_until(tk_root, lambda: "bia (5)" in labels(ana), TIMEOUT)
+        assert ana.bells == 1  # five messages, one bell
+        later = time.monotonic() + 0.6
+        pump_until(tk_root, lambda: time.monotonic() > later, TIMEOUT)
+        bia.send_line("ENVIAR ana mais uma")
+        pump_until(tk_root, lambda: "bia (6)" in labels(ana), TIMEOUT)
+        assert ana.bells == 2
+    quiet = apps(sound=False)
+    connect(tk_root, quiet, server.address[1], "quieto")
+    with WireClient(server.address) as bia:
+        bia.register("bia2")
+        bia.send_line("ENVIAR quieto oi")
+        pump_until(tk_root, lambda: "bia2 (1)" in labels(quiet), TIMEOUT)
+    assert quiet.bells == 0
+
+
+def test_history_shows_a_separator_for_each_day(tk_root, apps):
+    app = apps()
+    now = cliente.now_ms()
+    day = 24 * 3600 * 1000
+    conv = app.store.ensure("#geral")
+    app.store.add_history(conv, [
+        protocolo.HistoryItem(1, now - 9 * day, "ana", "#geral", "faz tempo"),
+        protocolo.HistoryItem(2, now - day, "bia", "#geral", "ontem à noite"),
+        protocolo.HistoryItem(3, now - day + 1000, "bia", "#geral", "mesmo grupo"),
+        protocolo.HistoryItem(4, now, "caio", "#geral", "agora"),
+    ])
+    app._show_chat_view()
+    app.open_conversation("#geral")
+    lines = app.view.history().splitlines()
+    old_day = cliente.day_label(cliente.local_time(now - 9 * day).date(),
+                                cliente.local_time(now).date())
+    assert [line for line in lines if line in (old_day, "Ontem", "Hoje")] == [
+        old_day, "Ontem", "Hoje"]
+    assert lines[lines.index("Ontem") + 1].startswith("bia  ")
+    assert lines[lines.index("Ontem") + 2:lines.index("Ontem") + 4] == [
+        "ontem à noite", "mesmo grupo"]  # one header for the group
+
+
+def test_a_message_to_someone_who_left_without_an_account_says_so(tk_root, server, apps):
+    ana = apps()
+    connect(tk_root, ana, server.address[1], "ana")
+    with WireClient(server.address) as carla:
+        carla.register("carla")
+        open_person(tk_root, ana, "carla")
+        assert carla.request("CANCELAR_REGISTRO") == "OK"
+        type_and_send(tk_root, ana, "ainda está aí?")
+    pump_until(tk_root, lambda: "ainda está aí?  ✗ carla não está online e não tem conta neste "
+               "servidor: a mensagem não foi entregue. Reenviar" in ana.view.history(), TIMEOUT)
 
 
 # --------------------------------------------------------------------------
@@ -710,6 +847,9 @@ def test_two_thousand_strangers_add_list_entries_never_windows(tk_root, apps):
             with_badges = [label for label in people if label.endswith("(1)")]
             assert 0 < len(with_badges) <= cliente.MAX_CONVERSATIONS
             assert ana.master.title().startswith(f"({ana.store.total_unread}) ")
+            started = time.monotonic()
+            ana.close()
+            assert time.monotonic() - started < 3.0  # closing never takes long
         finally:
             for client in clients:
                 client.close()

@@ -49,7 +49,7 @@ def test_the_form_understands_every_way_to_write_an_address(address, host, port)
     ("[::1]x", "ana", "", "servidor", "Texto inesperado"),
     ("host", "", "", "apelido", "Informe um apelido."),
     ("host", "аna", "", "apelido", "Apelido inválido"),  # Cyrillic а next to Latin
-    ("host", "ana", "12345", "senha", "de 6 a 128 caracteres"),
+    ("host", "ana", "12345", "senha", "6 a 128 caracteres"),
     ("host", "ana", "com espaço", "senha", "sem espaços"),
 ])
 def test_the_form_says_what_is_wrong_next_to_each_field(address, nick, password, field, text):

@@ -134,7 +134,7 @@ def test_a_password_makes_the_registration_an_account(fakes, sessions):
 @pytest.mark.parametrize(("code", "field", "expected"), [
     (ErrorCode.APELIDO_EM_USO, "apelido", "O apelido “ana” já está em uso"),
     (ErrorCode.APELIDO_INVALIDO, "apelido", "Apelido inválido"),
-    (ErrorCode.APELIDO_RESERVADO, "senha", "tem conta neste servidor: informe a senha"),
+    (ErrorCode.APELIDO_RESERVADO, "senha", "tem conta aqui: informe a senha"),
     (ErrorCode.SENHA_INCORRETA, "senha", "Senha incorreta"),
     (ErrorCode.SEM_CONTA, "senha", "Este servidor não guarda contas; entre sem senha"),
     (ErrorCode.LIMITE, "servidor", "Aguarde um minuto"),
