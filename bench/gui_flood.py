@@ -1,14 +1,19 @@
-"""GUI flood benchmark: a burst of messages into one client window, under Tk's real loop.
+"""GUI benchmark: a burst of messages into the client's window, and a page of history.
 
 One ``cliente.ChatApp`` window (the real one, in a real Tk event loop)
-connects to a server; another process registers and sends it N messages
-(10,000 by default) as one burst, all pipelined at once. Measured:
+connects to a server. Two figures:
 
-* the time from the first byte of the burst until the last message is in the
-  conversation window (its text widget), and
-* the worst stall of the event loop meanwhile: a heartbeat is scheduled with
+* **Burst**: another process registers and sends the window N messages
+  (10,000 by default) as one burst, all pipelined at once, while the window
+  shows that conversation. Measured: the time from the first byte of the
+  burst until the last message is drawn in the conversation pane, and the
+  worst stall of the event loop meanwhile -- a heartbeat is scheduled with
   ``after()`` every 5 ms, and the longest gap between two beats is how long
   the window could not react to anything (a click, a key, a redraw).
+* **History page**: #geral holds H messages (500 by default) before the
+  window connects; the window asks for them in one HISTORICO page. Measured:
+  the time from the request until all H lines are drawn, and the worst
+  stall meanwhile.
 
 Tk needs an X display: ``DISPLAY`` is used when set; otherwise a private
 ``Xvfb`` is started (and stopped) for the run.
@@ -18,13 +23,14 @@ Tk needs an X display: ``DISPLAY`` is used when set; otherwise a private
     python3 bench/gui_flood.py --rapido         # a few seconds, for CI
 
 Prints one line per run (stderr), a table of medians and one JSON line.
-Exit status 1 if a run failed or not every message was shown.
+Exit status 1 if a run failed or not every message or history line was shown.
 """
 
 from __future__ import annotations
 
 import argparse
 import contextlib
+import gc
 import itertools
 import multiprocessing
 import os
@@ -46,6 +52,8 @@ import protocolo
 HEARTBEAT_MS = 5
 RECEIVER = "tela"
 SENDER = "rajada"
+SEEDER = "semeador"
+ROOM = protocolo.DEFAULT_ROOM
 
 
 # --------------------------------------------------------------------------
@@ -125,26 +133,85 @@ def sender_main(host: str, port: int, count: int, conn) -> None:
 
 
 # --------------------------------------------------------------------------
-# One run
+# The window, driven by its own event loop
 
 
-def run_once(server: comum.ServerUnderTest, count: int, timeout: float) -> dict:
-    import tkinter as tk
+class Window:
+    """A real ``ChatApp`` in its own Tk root, with a heartbeat to see its stalls."""
 
-    root = tk.Tk()
-    app = cliente.ChatApp(root, host=server.host, port=server.port, nick=RECEIVER)
+    def __init__(self, server: comum.ServerUnderTest, nick: str, history_page: int) -> None:
+        import tkinter as tk
+
+        self.tk = tk
+        self.root = tk.Tk(className=cliente.WM_CLASS)
+        self.root.geometry("980x660")
+        self.app = cliente.ChatApp(self.root, host=server.host, port=server.port, nick=nick,
+                                   discover=None, sound=False, history_page=history_page)
+        self.beats: list[float] = []
+        self._heartbeat_id = ""
+
+    def wait(self, condition, timeout: float, what: str) -> None:
+        """Pump Tk's loop until ``condition()`` (bounded)."""
+        deadline = time.monotonic() + timeout
+        while not condition():
+            if time.monotonic() > deadline:
+                raise RuntimeError(f"{what}: não aconteceu em {timeout:g} s "
+                                   f"({self.app.status.text})")
+            self.root.update()
+            time.sleep(0.005)
+
+    def connect(self) -> None:
+        self.app.connect()
+        self.wait(lambda: self.app.connected and self.app.current is not None, 15,
+                  "a janela conectar e abrir #geral")
+
+    def run_until(self, done, timeout: float) -> float:
+        """Run the real main loop with the heartbeat until ``done()``; when it was true."""
+        state = {"at": 0.0, "give_up": time.monotonic() + timeout}
+
+        def heartbeat() -> None:
+            self.beats.append(time.monotonic())
+            self._heartbeat_id = self.root.after(HEARTBEAT_MS, heartbeat)
+
+        def check() -> None:
+            if done():
+                state["at"] = time.monotonic()
+                self.root.after(100, self.root.quit)  # a few more beats after the end
+                return
+            if time.monotonic() > state["give_up"]:
+                self.root.quit()
+                return
+            self.root.after(1, check)
+
+        heartbeat()
+        self.root.after(1, check)
+        self.root.mainloop()
+        self.root.after_cancel(self._heartbeat_id)
+        return state["at"]
+
+    def worst_stall_ms(self, start: float, end: float) -> tuple[float, int]:
+        window = [t for t in self.beats if start <= t <= end + 0.1]
+        gaps = [b - a for a, b in itertools.pairwise(window)]
+        return round(1000 * max(gaps, default=0.0), 1), len(window)
+
+    def close(self) -> None:
+        self.app.close()
+        # Tk objects must be collected in Tk's thread, never by the next run's threads.
+        gc.collect()
+
+
+# --------------------------------------------------------------------------
+# One burst
+
+
+def run_burst(server: comum.ServerUnderTest, count: int, timeout: float) -> dict:
+    window = Window(server, RECEIVER, cliente.HISTORY_PAGE)
+    app = window.app
     result: dict = {"mensagens": count}
     sender = None
     conn = None
     try:
-        app.connect()
-        deadline = time.monotonic() + 15
-        while not app.connected and time.monotonic() < deadline:
-            root.update()
-            time.sleep(0.005)
-        if not app.connected:
-            raise RuntimeError(f"a janela não conectou: {app.status_var.get()}")
-
+        window.connect()
         context = multiprocessing.get_context("fork" if hasattr(os, "fork") else "spawn")
         conn, child_end = context.Pipe()
         sender = context.Process(target=sender_main,
@@ -153,57 +220,32 @@ def run_once(server: comum.ServerUnderTest, count: int, timeout: float) -> dict:
         child_end.close()
         if not conn.poll(30) or conn.recv()[0] != "pronto":
             raise RuntimeError("o remetente não ficou pronto")
-
-        beats: list[float] = []
-        state = {"shown_at": 0.0, "started": 0.0}
-        pending: dict[str, str] = {}  # after() ids to cancel before the window goes
-        last_line = f"mensagem {count - 1:06d}"
         key = protocolo.nick_key(SENDER)
+        window.wait(lambda: key in app.online, 10, "o remetente aparecer na lista")
+        app.open_conversation(key)  # the burst is drawn as it comes, not only counted
+        last_line = f"mensagem {count - 1:06d}"
 
-        def heartbeat() -> None:
-            beats.append(time.monotonic())
-            pending["heartbeat"] = root.after(HEARTBEAT_MS, heartbeat)
+        def shown() -> bool:
+            return app.received >= count and last_line in app.view.text.get("end-3l", "end")
 
-        def check() -> None:
-            conv = app.conversations.get(key)
-            if (app.received >= count and conv is not None
-                    and last_line in conv.text.get("end-3l", "end")):
-                state["shown_at"] = time.monotonic()
-                root.after(100, root.quit)  # a few more beats after the end
-                return
-            if time.monotonic() > state["give_up"]:
-                root.quit()
-                return
-            root.after(1, check)
-
-        heartbeat()
-        state["give_up"] = time.monotonic() + timeout
         conn.send(("inicio", None))
-        root.after(1, check)
-        root.mainloop()
-        root.after_cancel(pending["heartbeat"])
-
+        shown_at = window.run_until(shown, timeout)
+        started = 0.0
         if conn.poll(5):
-            status, started = conn.recv()
+            status, sent_at = conn.recv()
             if status == "enviado":
-                state["started"] = started
+                started = sent_at
         oks = conn.recv()[1] if conn.poll(timeout) else None
-        if not state["shown_at"] or not state["started"]:
+        if not shown_at or not started:
             raise RuntimeError(f"só {app.received} de {count} mensagens apareceram "
                                f"em {timeout:g} s")
-        window = [t for t in beats if state["started"] <= t <= state["shown_at"] + 0.1]
-        gaps = [b - a for a, b in itertools.pairwise(window)]
-        result |= {
-            "mostradas_s": round(state["shown_at"] - state["started"], 3),
-            "pior_travada_ms": round(1000 * max(gaps, default=0.0), 1),
-            "batidas": len(window),
-            "recebidas": app.received,
-            "oks": oks,
-        }
-    except (RuntimeError, OSError, EOFError, tk.TclError) as exc:
+        stall, beats = window.worst_stall_ms(started, shown_at)
+        result |= {"mostradas_s": round(shown_at - started, 3), "pior_travada_ms": stall,
+                   "batidas": beats, "recebidas": app.received, "oks": oks}
+    except (RuntimeError, OSError, EOFError, window.tk.TclError) as exc:
         result["falha"] = str(exc)
     finally:
-        app.close()
+        window.close()
         if conn is not None:
             conn.close()
         if sender is not None:
@@ -214,13 +256,77 @@ def run_once(server: comum.ServerUnderTest, count: int, timeout: float) -> dict:
     return result
 
 
+# --------------------------------------------------------------------------
+# One page of history
+
+
+def seed_room(host: str, port: int, count: int) -> None:
+    """Put ``count`` messages in #geral (version 2, so the server keeps them with ids)."""
+    with socket.create_connection((host, port), timeout=30) as sock:
+        lines = [b"OLA 2", f"REGISTRAR {SEEDER}".encode(), f"ENTRAR {ROOM}".encode()]
+        lines += [f"ENVIAR {ROOM} linha de história {i:04d}, com um texto de tamanho "
+                  f"comum para uma conversa".encode() for i in range(count)]
+        sock.sendall(b"\n".join(lines) + b"\nSAIR\n")
+        replies = b""
+        deadline = time.monotonic() + 30
+        while replies.count(b"\n") < count + 4 and time.monotonic() < deadline:
+            chunk = sock.recv(1 << 16)
+            if not chunk:
+                break
+            replies += chunk
+        stored = sum(line.startswith(b"OK ") for line in replies.split(b"\n"))
+        if stored != count:
+            raise RuntimeError(f"só {stored} de {count} mensagens guardadas em {ROOM}")
+
+
+def run_history(server: comum.ServerUnderTest, count: int, timeout: float) -> dict:
+    result: dict = {"linhas": count}
+    window = None
+    try:
+        seed_room(server.host, server.port, count)
+        window = Window(server, f"leitor{os.getpid()}", count)
+        app = window.app
+        app.connect()
+        asked: dict[str, float] = {}
+        last_line = f"linha de história {count - 1:04d}"
+        first_line = "linha de história 0000"
+
+        def shown() -> bool:
+            conv = app.current
+            if conv is None or conv.name != ROOM:
+                return False
+            if conv.history == "loading" and "at" not in asked:
+                asked["at"] = time.monotonic()  # the HISTORICO has just been queued
+            text = app.view.history()
+            return first_line in text and last_line in text
+
+        shown_at = window.run_until(shown, timeout)
+        if not shown_at or "at" not in asked:
+            raise RuntimeError(f"o histórico de {count} linhas não apareceu em {timeout:g} s")
+        drawn = sum(1 for line in app.view.history().splitlines()
+                    if line.startswith("linha de história"))
+        stall, beats = window.worst_stall_ms(asked["at"], shown_at)
+        result |= {"historico_ms": round(1000 * (shown_at - asked["at"]), 1),
+                   "pior_travada_ms": stall, "batidas": beats, "desenhadas": drawn}
+    except (RuntimeError, OSError) as exc:
+        result["falha"] = str(exc)
+    finally:
+        if window is not None:
+            window.close()
+    return result
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="bench/gui_flood.py",
-        description="Mede uma rajada de mensagens chegando a uma janela do cliente: tempo "
-                    "até todas aparecerem e a pior travada do laço de eventos do Tk.")
+        description="Mede uma rajada de mensagens chegando a uma janela do cliente (tempo "
+                    "até todas aparecerem e a pior travada do laço de eventos do Tk) e uma "
+                    "página de histórico (tempo até todas as linhas aparecerem).")
     parser.add_argument("--mensagens", type=int, default=10_000,
                         help="mensagens na rajada (padrão: 10000)")
+    parser.add_argument("--historico", type=int, default=500,
+                        help="linhas da página de histórico (padrão: 500, o máximo que o "
+                             "servidor manda numa página)")
     parser.add_argument("--repeticoes", type=int, default=3,
                         help="execuções; a tabela mostra a mediana (padrão: 3)")
     parser.add_argument("--tempo-limite", type=float, default=60.0,
@@ -232,13 +338,14 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     if args.rapido:
-        args.mensagens, args.repeticoes = 1000, 1
+        args.mensagens, args.historico, args.repeticoes = 1000, 100, 1
     try:
         attach = comum.loopback_target(args.attach) if args.attach else None
     except ValueError as exc:
         print(f"erro: {exc}", file=sys.stderr)
         return 2
     if (not 1 <= args.mensagens <= 1_000_000 or not 1 <= args.repeticoes <= 20
+            or not 1 <= args.historico <= protocolo.HISTORY_MAX_LIMIT
             or not 0 < args.tempo_limite <= 600):
         print("erro: parâmetros fora dos limites", file=sys.stderr)
         return 2
@@ -246,44 +353,76 @@ def main(argv: list[str] | None = None) -> int:
         print("erro: este Python não tem tkinter", file=sys.stderr)
         return 2
 
-    print(f"bench/gui_flood.py: rajada de {args.mensagens} mensagens, "
-          f"{args.repeticoes} execuções", file=sys.stderr)
+    print(f"bench/gui_flood.py: rajada de {args.mensagens} mensagens e página de "
+          f"{args.historico} linhas de histórico, {args.repeticoes} execuções", file=sys.stderr)
     runs = []
     try:
         with x_display():
             for number in range(1, args.repeticoes + 1):
                 load = comum.load_average()
                 with comum.ServerUnderTest(attach, args.servidor) as server:
-                    run = run_once(server, args.mensagens, args.tempo_limite)
-                run["carga_1min"] = load
+                    burst = run_burst(server, args.mensagens, args.tempo_limite)
+                    history = run_history(server, args.historico, args.tempo_limite)
+                run = {"rajada": burst, "historico": history, "carga_1min": load}
                 runs.append(run)
-                if "falha" in run:
-                    print(f"  execução {number}: FALHOU: {run['falha']}", file=sys.stderr)
-                else:
-                    print(f"  execução {number}: {run['recebidas']} mensagens mostradas em "
-                          f"{run['mostradas_s']:.3f} s, pior travada {run['pior_travada_ms']} ms "
-                          f"(carga {load})", file=sys.stderr)
+                report_run(number, run)
     except RuntimeError as exc:
         print(f"erro: {exc}", file=sys.stderr)
         return 1
 
-    good = [r for r in runs if "falha" not in r]
-    summary: dict = {"mensagens": args.mensagens, "execucoes": len(good)}
-    if good:
-        summary["mostradas_s"] = round(comum.median([r["mostradas_s"] for r in good]), 3)
+    summary = summarize(args, runs)
+    comum.print_json_line(
+        "gui_flood",
+        {"mensagens": args.mensagens, "historico": args.historico,
+         "repeticoes": args.repeticoes, "batida_ms": HEARTBEAT_MS, "attach": args.attach},
+        summary, runs)
+    broken = any("falha" in run[part] for run in runs for part in ("rajada", "historico"))
+    broken = broken or any(run["rajada"]["recebidas"] < args.mensagens
+                           or run["historico"]["desenhadas"] < args.historico for run in runs)
+    return 1 if broken else 0
+
+
+def report_run(number: int, run: dict) -> None:
+    burst, history = run["rajada"], run["historico"]
+    if "falha" in burst:
+        print(f"  execução {number}: rajada FALHOU: {burst['falha']}", file=sys.stderr)
+    else:
+        print(f"  execução {number}: {burst['recebidas']} mensagens mostradas em "
+              f"{burst['mostradas_s']:.3f} s, pior travada {burst['pior_travada_ms']} ms "
+              f"(carga {run['carga_1min']})", file=sys.stderr)
+    if "falha" in history:
+        print(f"  execução {number}: histórico FALHOU: {history['falha']}", file=sys.stderr)
+    else:
+        print(f"  execução {number}: {history['desenhadas']} linhas de histórico mostradas em "
+              f"{history['historico_ms']:.0f} ms, pior travada {history['pior_travada_ms']} ms",
+              file=sys.stderr)
+
+
+def summarize(args: argparse.Namespace, runs: list[dict]) -> dict:
+    """Medians of the good runs, printed as a table; the JSON line's ``medianas``."""
+    bursts = [run["rajada"] for run in runs if "falha" not in run["rajada"]]
+    histories = [run["historico"] for run in runs if "falha" not in run["historico"]]
+    summary: dict = {"mensagens": args.mensagens, "historico": args.historico,
+                     "execucoes": len(runs)}
+    if bursts:
+        summary["mostradas_s"] = round(comum.median([r["mostradas_s"] for r in bursts]), 3)
         summary["pior_travada_ms"] = round(
-            comum.median([r["pior_travada_ms"] for r in good]), 1)
-        comum.print_table_header(f"Rajada na janela (medianas de {len(good)} execuções)",
+            comum.median([r["pior_travada_ms"] for r in bursts]), 1)
+        comum.print_table_header(f"Rajada na janela (medianas de {len(bursts)} execuções)",
                                  f"{'mensagens':>9} {'mostradas s':>11} {'pior travada ms':>15}")
         print(f"{args.mensagens:>9} {summary['mostradas_s']:>11.3f} "
               f"{summary['pior_travada_ms']:>15.1f}")
-    comum.print_json_line(
-        "gui_flood",
-        {"mensagens": args.mensagens, "repeticoes": args.repeticoes, "batida_ms": HEARTBEAT_MS,
-         "attach": args.attach},
-        summary, runs)
-    broken = len(good) < len(runs) or any(r["recebidas"] < args.mensagens for r in good)
-    return 1 if broken else 0
+    if histories:
+        summary["historico_ms"] = round(
+            comum.median([r["historico_ms"] for r in histories]), 1)
+        summary["historico_pior_travada_ms"] = round(
+            comum.median([r["pior_travada_ms"] for r in histories]), 1)
+        comum.print_table_header(
+            f"Página de histórico (medianas de {len(histories)} execuções)",
+            f"{'linhas':>9} {'mostradas ms':>12} {'pior travada ms':>15}")
+        print(f"{args.historico:>9} {summary['historico_ms']:>12.1f} "
+              f"{summary['historico_pior_travada_ms']:>15.1f}")
+    return summary
 
 
 if __name__ == "__main__":
