@@ -551,6 +551,12 @@ def default_discovery(hosts: tuple[str, ...] = ()) -> object:
     return descoberta.discover_in_background(protocolo.DEFAULT_PORT, hosts, timeout=1.0)
 
 
+def typed_address_only(hosts: tuple[str, ...] = ()) -> object:
+    """``--sem-descoberta``: no broadcast; only the typed address is asked for its name."""
+    return descoberta.discover_in_background(protocolo.DEFAULT_PORT, hosts, broadcast=False,
+                                             timeout=1.0)
+
+
 # --------------------------------------------------------------------------
 # The look: palette, fonts, ttk style, icon
 
@@ -2362,7 +2368,7 @@ class ChatApp:
         self._went_offline()
         if event.retry_in is not None:
             first = not self._lost_message
-            self._lost_message = event.message if event.message.endswith(".") else (
+            self._lost_message = event.message if event.message.endswith((".", "?", "!")) else (
                 event.message + ".")
             self._retry_at = time.monotonic() + event.retry_in
             if first:
@@ -2640,6 +2646,9 @@ def build_parser() -> argparse.ArgumentParser:
                              "implica --tls (padrão: as autoridades do sistema)")
     parser.add_argument("--sem-som", action="store_true",
                         help="não tocar o aviso sonoro quando chega mensagem")
+    parser.add_argument("--sem-descoberta", action="store_true",
+                        help="não procurar servidores por broadcast na rede local (o endereço "
+                             "digitado ainda é consultado)")
     return parser
 
 
@@ -2672,7 +2681,8 @@ def main(argv: list[str] | None = None) -> int:
               "definida?", file=sys.stderr)
         return 1
     app = ChatApp(root, host=host, port=port, nick=args.apelido, use_tls=args.tls,
-                  tls_ca=args.tls_ca, sound=not args.sem_som)
+                  tls_ca=args.tls_ca, sound=not args.sem_som,
+                  discover=typed_address_only if args.sem_descoberta else default_discovery)
 
     def on_signal(signum: int, frame: object) -> None:
         app.request_quit()
