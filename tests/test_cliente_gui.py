@@ -253,6 +253,8 @@ def test_two_clients_in_a_room_and_a_conversation(tk_root, server, apps):
     own = text.tag_ranges("own_name")
     assert text.get(own[0], own[1]) == "ana"
     assert text.tag_cget("own", "background") != text.cget("background")
+    # A wrapped line starts where the text does, not under the name or the time.
+    assert text.tag_cget("body", "lmargin2") == text.tag_cget("body", "lmargin1") != "0"
 
     # Bruno opens it: the badge and the title count go away.
     open_person(tk_root, bruno, "ana")
@@ -637,6 +639,35 @@ def test_reconnect_after_the_server_is_killed_and_restarted(tk_root, apps):
         assert "não enviada" not in ana.view.history()
 
 
+UNLIMITED_SERVER = ("--taxa", "0", "--taxa-ip", "0", "--banda-ip", "0", "--registros-ip", "0",
+                    "--max-por-ip", "0", "--sem-descoberta")
+
+
+def test_room_messages_missed_while_away_are_fetched_after_reconnecting(tk_root, apps,
+                                                                        tmp_path):
+    data = str(tmp_path / "chat.sqlite3")
+    with ServerProcess("--dados", data, *UNLIMITED_SERVER) as first:
+        port = first.port
+        ana = apps(session_factory=lambda: cliente.ChatSession(reconnect_delays=(1.5, 0.5)))
+        connect(tk_root, ana, port, "ana")
+        type_and_send(tk_root, ana, "antes")
+        pump_until(tk_root, lambda: "antes  ✓" in ana.view.history(), TIMEOUT)
+    pump_until(tk_root, lambda: "Reconectando em" in ana.status.text, TIMEOUT)
+    with ServerProcess("--dados", data, *UNLIMITED_SERVER, port=port) as again:
+        # While Ana waits for her next attempt, the room goes on without her.
+        with WireClient(again.address) as bia:
+            for line in ("OLA 2", "REGISTRAR bia", "ENTRAR #geral"):
+                assert bia.request(line) == "OK"
+            for i in range(3):
+                assert bia.request(f"ENVIAR #geral enquanto ana estava fora {i}").startswith("OK ")
+        pump_until(tk_root, lambda: ana.connected, TIMEOUT * 2)
+        pump_until(tk_root, lambda: "Reconectado: 3 mensagens enviadas enquanto você estava "
+                   "fora estão acima." in ana.view.history(), TIMEOUT)
+        history = ana.view.history()
+        assert history.index("antes") < history.index("fora 0") < history.index("fora 2") < (
+            history.index("Reconectado: 3"))
+
+
 def test_typing_while_disconnected_is_marked_unsent_never_lost(tk_root, apps):
     with running_server(**UNLIMITED, discovery=False) as srv:
         port = srv.address[1]
@@ -853,6 +884,55 @@ def test_two_thousand_strangers_add_list_entries_never_windows(tk_root, apps):
         finally:
             for client in clients:
                 client.close()
+
+
+def rss_bytes() -> int | None:
+    """This process's resident memory (Linux), or None where /proc is not there."""
+    try:
+        with open("/proc/self/statm") as statm:
+            return int(statm.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
+    except (OSError, ValueError):
+        return None
+
+
+def test_long_messages_from_many_senders_keep_memory_bounded(tk_root, apps):
+    """64 senders, 150 messages of 3.9 KB each (37 MB): the window's memory stays bounded."""
+    if rss_bytes() is None:
+        pytest.skip("sem /proc/self/statm para medir a memória")
+    senders, each = 64, 150
+    text = "x" * 3900
+    with ServerProcess(*UNLIMITED_SERVER) as srv:
+        ana = apps()
+        connect(tk_root, ana, srv.port, "ana")
+        before = rss_bytes()
+        clients = [WireClient(srv.address, timeout=30) for _ in range(senders)]
+        try:
+            for index, client in enumerate(clients):
+                client.register(f"remetente{index}")
+
+            def flood(client: WireClient) -> None:
+                client.send(b"".join(f"ENVIAR ana {text} {i}\n".encode()
+                                     for i in range(each)))
+
+            threads = [threading.Thread(target=flood, args=(c,)) for c in clients]
+            for thread in threads:
+                thread.start()
+            peak = before
+            deadline = time.monotonic() + 60
+            while ana.received < senders * each and time.monotonic() < deadline:
+                tk_root.update()
+                peak = max(peak, rss_bytes())
+                time.sleep(0.005)
+            for thread in threads:
+                thread.join(TIMEOUT)
+        finally:
+            for client in clients:
+                client.close()
+        assert ana.received == senders * each
+        grown_mib = (peak - before) / (1024 * 1024)
+        print(f"\n{senders} remetentes × {each} mensagens de 3,9 KB: memória +{grown_mib:.0f} MiB")
+        assert grown_mib < 100
+        assert ana.store.total_chars <= cliente.MAX_TOTAL_CHARS
 
 
 # --------------------------------------------------------------------------
