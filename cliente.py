@@ -1793,7 +1793,8 @@ class ChatApp:
         self._view_name = "connect"
         self.chat.grid_remove()
         self.panel.frame.grid(row=0, column=0, sticky="nsew")
-        self.status.set("Desconectado.", "offline")
+        self.status.set("Pronto para conectar." if self.settings is None else "Desconectado.",
+                        "offline")
         if focus:
             self._focus(self.panel.initial_focus())
 
