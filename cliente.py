@@ -751,6 +751,14 @@ def _dot(master: tk.Misc, color: str, hollow: bool = False, size: int = 12) -> t
     return image
 
 
+def bind_where_known(widget: tk.Misc, sequences: Iterable[str],
+                     callback: Callable[[object], object]) -> None:
+    """Bind each of ``sequences`` that this platform's Tk knows (X11 has ISO_Left_Tab)."""
+    for sequence in sequences:
+        with contextlib.suppress(tk.TclError):
+            widget.bind(sequence, callback)
+
+
 def fit_text(text: str, font: tkfont.Font, width: int) -> str:
     """``text`` cut with "…" to fit ``width`` pixels on one line."""
     if width <= 0 or font.measure(text) <= width:
@@ -1559,8 +1567,7 @@ class Composer:
         for sequence in ("<Shift-Return>", "<Shift-KP_Enter>"):
             text.bind(sequence, self._on_newline)
         text.bind("<Tab>", self._focus_next)
-        text.bind("<Shift-Tab>", self._focus_previous)
-        text.bind("<ISO_Left_Tab>", self._focus_previous)
+        bind_where_known(text, ("<Shift-Tab>", "<ISO_Left_Tab>"), self._focus_previous)
         text.bind("<<Modified>>", self._on_modified)
         text.bind("<FocusIn>", lambda _e: self._update_placeholder())
         text.bind("<FocusOut>", lambda _e: self._update_placeholder())
@@ -1817,8 +1824,8 @@ class ChatApp:
         targets = (master, self.composer.text, self.sidebar.tree)
         for widget in targets:
             widget.bind("<Control-Tab>", lambda _e: self.cycle(1) or "break")
-            for sequence in ("<Control-Shift-Tab>", "<Control-ISO_Left_Tab>"):
-                widget.bind(sequence, lambda _e: self.cycle(-1) or "break")
+            bind_where_known(widget, ("<Control-Shift-Tab>", "<Control-ISO_Left_Tab>"),
+                             lambda _e: self.cycle(-1) or "break")
             widget.bind("<Escape>", lambda _e: self.close_conversation() or "break")
             for number in range(1, 10):
                 widget.bind(f"<Alt-Key-{number}>",
@@ -1918,14 +1925,16 @@ class ChatApp:
         secure = " com TLS" if settings.tls else ""
         self.status.set(f"Conectando a {format_host_port(settings.host, settings.port)}"
                         f"{secure}…", "waiting")
+        # Back on the same server with the same name: the same rooms as before.
+        rooms = tuple(self.rooms.values()) or (protocolo.DEFAULT_ROOM,)
         session.start(settings.host, settings.port, settings.nick, password=settings.password,
-                      use_tls=settings.tls, tls_ca=self.tls_ca if settings.tls else None)
+                      use_tls=settings.tls, tls_ca=self.tls_ca if settings.tls else None,
+                      rooms=rooms)
 
     def connect_again(self) -> None:
-        """Conectar (in the status bar, after the session ended): same server, same name."""
+        """Conectar (in the status bar, after the session ended): same server, name, password."""
         if self.session is None and self.settings is not None:
-            self._show_connect_view()
-            self.connect()
+            self._start(self.settings)
 
     def disconnect(self) -> None:
         """Desconectar: leave the server and go back to the connect panel."""
@@ -2042,11 +2051,12 @@ class ChatApp:
             self.set_title()
 
     def _window_has_focus(self) -> bool:
+        """True when the keyboard focus is in this window (Tk says None when it is not ours)."""
         try:
             focus = self.master.focus_get()
+            return focus is not None and focus.winfo_toplevel() is self.master
         except (tk.TclError, KeyError):
             return False
-        return focus is not None and str(focus).startswith(str(self.master))
 
     # -- rooms -----------------------------------------------------------------
 
@@ -2361,6 +2371,8 @@ class ChatApp:
         self.panel.set_busy(False)
         if self._view_name != "connect":
             self._show_connect_view(focus=False)
+            if self.settings is not None and not self.password_var.get():
+                self.password_var.set(self.settings.password or "")  # a retry is one click
         self.panel.set_errors({event.field: event.message})
         self.status.set("Não foi possível conectar.", "error")
         self._focus(self.panel.entries.get(event.field, self.panel.address_entry))

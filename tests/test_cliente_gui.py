@@ -682,6 +682,10 @@ def test_typing_while_disconnected_is_marked_unsent_never_lost(tk_root, apps):
     pump_until(tk_root, lambda: ana.session is None, TIMEOUT)
     assert fully_visible(ana.status.connect_button)
     assert "Conectar" in ana.status.connect_button.cget("text")
+    # Conectar tries the same server again; it is gone, so the form says why.
+    ana.status.connect_button.invoke()
+    pump_until(tk_root, lambda: "Conexão recusada" in ana.panel.error_text("servidor"), TIMEOUT)
+    assert ana.view_name == "connect" and ana.nick_var.get() == "ana"
 
 
 # --------------------------------------------------------------------------
