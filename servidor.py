@@ -68,17 +68,20 @@ log = logging.getLogger("servidor")
 EARLY_FLUSH_BYTES = 64 * 1024
 """Replies queued past this within one batch are flushed before the batch ends."""
 OWN_OUTPUT_LOW_WATER = 64 * 1024
-"""A connection whose own unread output is past this is not read until it drains.
+OWN_OUTPUT_HIGH_WATER = 256 * 1024
+"""A connection whose own unread output passes the high mark is not served until
+it drains to the low one.
 
-This is how a request is charged by the output it causes: pipelined
-LISTARs from a client that never reads stop being read after the first few.
+This is how a request is charged by the output it causes: a client that
+pipelines LISTARs and never reads gets a few replies' worth queued, not one
+reply per request it managed to send.
 """
 RECV_CHUNK = 256 * 1024
 """Bytes asked of a ``recv`` on a busy connection: large, so one call brings many lines."""
 IDLE_RECV_CHUNK = 4096
 """Bytes asked of a ``recv`` on a quiet connection (a large buffer per idle thread adds up)."""
 THROTTLED_RECV_CHUNK = 1024
-"""Bytes asked of a ``recv`` while the connection's address is short of budget."""
+"""The least a read asks for, however little budget its address has left."""
 MAX_LINES_PER_TURN = 256
 """Lines a connection handles per turn before letting the others have theirs."""
 CONNECTION_STACK_SIZE = 256 * 1024
@@ -225,9 +228,14 @@ class TokenBucket:
         return 0.0 if self._level > 0 else (1e-3 - self._level) / self.rate
 
     @property
-    def full(self) -> bool:
+    def level(self) -> float:
+        """What is left now (negative while in debt)."""
         self._refill(time.monotonic())
-        return self._level >= self.burst
+        return self._level
+
+    @property
+    def full(self) -> bool:
+        return self.level >= self.burst
 
 
 class AddressState:
@@ -252,9 +260,15 @@ class AddressState:
             if config.tls_handshakes else None
         self.failed_passwords: collections.deque[float] = collections.deque(maxlen=64)
         self.accounts_created: collections.deque[float] = collections.deque(maxlen=64)
+        # What this address made the server do, ever (for tests and diagnostics).
+        self.lines_read = 0
+        self.bytes_charged = 0
+        self.handshakes_refused = 0
 
     def charge_reading(self, lines: int, nbytes: int) -> None:
         """Pay for what a connection of this address just read or caused."""
+        self.lines_read += lines
+        self.bytes_charged += nbytes
         if self.lines is not None and lines:
             self.lines.charge(lines)
         if self.bytes is not None and nbytes:
@@ -268,6 +282,14 @@ class AddressState:
         if self.bytes is not None:
             delay = max(delay, self.bytes.delay())
         return delay
+
+    def read_allowance(self) -> int:
+        """Bytes a connection of this address may read now (each byte may end a line)."""
+        allowance = RECV_CHUNK
+        for bucket in (self.lines, self.bytes):
+            if bucket is not None:
+                allowance = min(allowance, int(bucket.level))
+        return max(allowance, THROTTLED_RECV_CHUNK)
 
     def idle(self, now: float) -> bool:
         """True when forgetting this address would give nothing back to anyone."""
@@ -309,6 +331,10 @@ class AddressBook:
             state.connections = max(0, state.connections - 1)
             state.last_used = time.monotonic()
 
+    def get(self, ip: str) -> AddressState | None:
+        """The state of ``ip``'s address, if the server knows it."""
+        return self._states.get(address_key(ip))
+
     def forget_idle(self) -> None:
         with self._lock:
             self._forget_idle_locked(time.monotonic(), force=False)
@@ -336,11 +362,14 @@ class PlainTransport:
     def handshake(self, deadline: float = 0.0) -> None:
         """Nothing to negotiate."""
 
-    def recv(self) -> bytes:
-        """Application bytes from the peer; ``b""`` at EOF; BlockingIOError when none wait."""
-        asked = self.chunk
+    def recv(self, limit: int) -> bytes:
+        """At most ``limit`` application bytes; ``b""`` at EOF; BlockingIOError when none wait.
+
+        Reads small until a read comes back full, then large while that lasts.
+        """
+        asked = min(self.chunk, limit)
         data = self.sock.recv(asked)
-        if asked >= IDLE_RECV_CHUNK:
+        if asked == self.chunk:
             self.chunk = RECV_CHUNK if len(data) == asked else IDLE_RECV_CHUNK
         return data
 
@@ -361,7 +390,6 @@ class TlsTransport:
 
     def __init__(self, sock: socket.socket, context: ssl.SSLContext) -> None:
         self.sock = sock
-        self.chunk = IDLE_RECV_CHUNK
         self._incoming = ssl.MemoryBIO()
         self._outgoing = ssl.MemoryBIO()
         self._tls = context.wrap_bio(self._incoming, self._outgoing, server_side=True)
@@ -395,8 +423,8 @@ class TlsTransport:
                 raise ConnectionError("EOF durante o handshake TLS")
             self._incoming.write(data)
 
-    def recv(self) -> bytes:
-        """Application bytes from the peer; ``b""`` at EOF.
+    def recv(self, limit: int) -> bytes:
+        """Application bytes from the peer (about ``limit`` at most); ``b""`` at EOF.
 
         Reads the socket at most once. If what came holds no whole record
         yet -- or nothing came -- raises ``BlockingIOError``, so the caller
@@ -407,7 +435,7 @@ class TlsTransport:
         if self._records_waiting:
             self._records_waiting = False
         else:
-            data = self.sock.recv(self.chunk)
+            data = self.sock.recv(min(RECV_CHUNK, limit))
             if not data:
                 return b""
         with self._lock:
@@ -1199,6 +1227,7 @@ class ClientConnection:
             return
         bucket = self.address.tls_handshakes
         if bucket is not None and not bucket.take():
+            self.address.handshakes_refused += 1
             raise ConnectionError("handshakes TLS demais deste endereço")
         self.address.handshakes += 1
         try:
@@ -1272,9 +1301,10 @@ class ClientConnection:
         """Read and answer lines; returns why the connection ended."""
         splitter = protocolo.LineSplitter(self.config.max_line)
         while not self._quitting:
-            if not self._pace():
+            allowance = self._pace()
+            if not allowance:
                 return self._close_reason or "encerrando"
-            data = self._read()
+            data = self._read(allowance)
             if data is None:
                 self._send_now(protocolo.format_error(
                     ErrorCode.TEMPO, "nenhum comando completo a tempo; conexão encerrada"))
@@ -1287,32 +1317,32 @@ class ClientConnection:
                 self._handle_lines(lines)
         return "SAIR"
 
-    def _pace(self) -> bool:
-        """Wait until this connection may read again; False if it is being closed.
+    def _pace(self) -> int:
+        """Wait until this connection may read again; how many bytes it may read (0: closing).
 
         Two things hold a connection back: its address's budget (it sent, or
         caused, more than its share), and its own replies that it has not
         read yet. While it waits nothing is read, so TCP slows the client.
+        The size of the next read is bounded by what the budget has left, so
+        no single read -- of blank lines, say -- costs more than the budget.
         """
         delay = self.address.reading_delay()
-        self.transport.chunk = THROTTLED_RECV_CHUNK if delay else max(
-            self.transport.chunk, IDLE_RECV_CHUNK)
         while delay > 0:
             if self.stopping.wait(min(delay, 1.0)):
-                return False
+                return 0
             delay = self.address.reading_delay()
         if self.outbox.pending > OWN_OUTPUT_LOW_WATER and not self.outbox.wait_below(
                 OWN_OUTPUT_LOW_WATER, self.config.send_timeout, self.stopping):
             if not self.stopping.is_set():
                 self.abort("cliente parou de ler as respostas")
-            return False
-        return not self.stopping.is_set()
+            return 0
+        return 0 if self.stopping.is_set() else self.address.read_allowance()
 
-    def _read(self) -> bytes | None:
+    def _read(self, limit: int) -> bytes | None:
         """The next chunk from the peer; b"" at EOF; None when the TEMPO clock ran out."""
         while True:
             try:
-                return self.transport.recv()
+                return self.transport.recv(limit)
             except BlockingIOError:
                 pass
             timeout = None
@@ -1331,7 +1361,8 @@ class ClientConnection:
             self._take_turn()
             try:
                 for raw in lines[start:start + MAX_LINES_PER_TURN]:
-                    if self._quitting:
+                    if self._quitting or (self.outbox.pending > OWN_OUTPUT_HIGH_WATER
+                                          and not self._wait_for_own_output()):
                         break
                     self._answer(raw)
                 self._settle_sends()
@@ -1342,6 +1373,16 @@ class ClientConnection:
                 break
         if self._reply_bytes:
             self.address.charge_reading(0, self._reply_bytes)
+
+    def _wait_for_own_output(self) -> bool:
+        """Serve nothing more until this client reads its replies; False if it never does."""
+        self._settle_sends()
+        self._flush_touched()
+        drained = self._outside_turn(self.outbox.wait_below, OWN_OUTPUT_LOW_WATER,
+                                     self.config.send_timeout, self.stopping)
+        if not drained and not self.stopping.is_set():
+            self.abort("cliente parou de ler as respostas")
+        return bool(drained) and not self.stopping.is_set()
 
     def _take_turn(self) -> None:
         if not self._turn:
