@@ -80,7 +80,7 @@ class Flood:
                 with contextlib.suppress(BlockingIOError, InterruptedError, OSError):
                     self.sent += sock.send(self.payload)
                 with contextlib.suppress(OSError):
-                    sock.recv(65536, socket.MSG_DONTWAIT)  # drain replies, if any
+                    sock.recv(65536)  # drain replies, if any (the socket is non-blocking)
 
     def __enter__(self) -> Flood:
         self._thread.start()
