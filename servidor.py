@@ -996,9 +996,9 @@ class Outgoing:
     the store takes it as it is: one object per message on the hot path.
     """
 
-    __slots__ = ("chat_room", "congested", "connection", "error", "message_id", "raw_text",
-                 "recipients", "room", "sender", "sender_bytes", "sender_key", "target",
-                 "target_key", "text", "time_ms", "wants_receipt")
+    __slots__ = ("chat_room", "connection", "error", "message_id", "raw_text", "room", "sender",
+                 "sender_bytes", "sender_key", "target", "target_key", "text", "time_ms",
+                 "wants_receipt")
 
     def __init__(self, connection: ClientConnection, target_key: str, target: str, text: str,
                  raw_text: bytes, chat_room: Room | None, wants_receipt: bool) -> None:
@@ -1016,8 +1016,6 @@ class Outgoing:
         self.message_id = 0
         self.time_ms = 0
         self.error = ""
-        self.recipients: tuple[ClientConnection, ...] = ()  # whose outboxes need a flush
-        self.congested: list[ClientConnection] = []
 
     def reply(self, version: int) -> bytes:
         """The sender's answer: OK (v2: with id and time) or why it was not stored."""
@@ -1026,6 +1024,43 @@ class Outgoing:
         if version >= 2:
             return protocolo.format_ok_message(self.message_id, self.time_ms)
         return protocolo.OK_LINE
+
+
+class Deliveries:
+    """The lines one group of messages sends to each recipient, appended in one go each.
+
+    A batch of 32 messages to one recipient then costs one locked append and
+    one ``send``, not 32. Per recipient the lines stay in id order. Senders
+    whose messages went to a recipient that ends up past its bound are told
+    (``Ticket.congested``), so they wait for it.
+    """
+
+    __slots__ = ("_by_recipient",)
+
+    def __init__(self) -> None:
+        self._by_recipient: dict[int, list] = {}  # id -> [recipient, lines, newest id, tickets]
+
+    def add(self, recipient: ClientConnection, line: bytes, ticket: Ticket,
+            message_id: int = 0) -> None:
+        """Queue ``line`` for ``recipient``; ``message_id`` tracks a version-1 account's cursor."""
+        entry = self._by_recipient.get(id(recipient))
+        if entry is None:
+            entry = self._by_recipient[id(recipient)] = [recipient, [], 0, {}]
+        entry[1].append(line)
+        if message_id:
+            entry[2] = message_id
+        entry[3][id(ticket)] = ticket
+
+    def put_all(self) -> list[ClientConnection]:
+        """Append everything to the recipients' outboxes; returns the recipients."""
+        recipients = []
+        for recipient, lines, message_id, tickets in self._by_recipient.values():
+            data = lines[0] if len(lines) == 1 else b"".join(lines)
+            if not recipient.push(data, message_id):
+                for ticket in tickets.values():
+                    ticket.congested.append(recipient)
+            recipients.append(recipient)
+        return recipients
 
 
 class Ticket:
@@ -1061,7 +1096,7 @@ class MessageLog:
     """
 
     def __init__(self, store: armazem.Store | armazem.MemoryStore,
-                 deliver: Callable[[Outgoing], None]) -> None:
+                 deliver: Callable[[Outgoing, Deliveries, Ticket], None]) -> None:
         self.store = store
         self._deliver = deliver
         self.deliver_lock = threading.Lock()
@@ -1110,20 +1145,17 @@ class MessageLog:
             self._process(tickets)
 
     def _process(self, tickets: list[Ticket]) -> None:
-        outgoing = [slot for ticket in tickets for slot in ticket.slots if type(slot) is Outgoing]
-        touched: dict[int, ClientConnection] = {}
         try:
             with self.deliver_lock:
-                self._store_and_deliver(outgoing)
+                deliveries = Deliveries()
+                self._store_and_deliver(tickets, deliveries)
+                recipients = deliveries.put_all()
                 for ticket in tickets:
                     self._answer(ticket)
-            for item in outgoing:
-                for recipient in item.recipients:
-                    touched[id(recipient)] = recipient
-            for ticket in tickets:
-                touched.pop(id(ticket.connection), None)
-            for recipient in touched.values():  # the messages first: people wait for them
-                recipient.outbox.flush()
+            senders = {id(ticket.connection) for ticket in tickets}
+            for recipient in recipients:  # the messages first: people wait for them
+                if id(recipient) not in senders:
+                    recipient.outbox.flush()
             for ticket in tickets:
                 ticket.connection.outbox.flush()
         except Exception:  # a bug must not leave a sender waiting forever
@@ -1135,7 +1167,8 @@ class MessageLog:
                 with self._done:
                     self._done.notify_all()
 
-    def _store_and_deliver(self, outgoing: list[Outgoing]) -> None:
+    def _store_and_deliver(self, tickets: list[Ticket], deliveries: Deliveries) -> None:
+        outgoing = [slot for ticket in tickets for slot in ticket.slots if type(slot) is Outgoing]
         if not outgoing:
             return
         try:
@@ -1145,21 +1178,19 @@ class MessageLog:
             for item in outgoing:
                 item.error = f"o servidor não conseguiu guardar a mensagem ({exc})"
             return
-        for item, (message_id, time_ms) in zip(outgoing, stamps, strict=True):
-            item.message_id, item.time_ms = message_id, time_ms
-            self._deliver(item)
+        stamps_iter = iter(stamps)
+        for ticket in tickets:
+            for slot in ticket.slots:
+                if type(slot) is Outgoing:
+                    slot.message_id, slot.time_ms = next(stamps_iter)
+                    self._deliver(slot, deliveries, ticket)
 
     @staticmethod
     def _answer(ticket: Ticket) -> None:
-        connection = ticket.connection
-        version = connection.version
-        put = connection.outbox.put
-        for slot in ticket.slots:
-            if type(slot) is bytes:
-                put(slot)
-                continue
-            put(slot.reply(version))
-            ticket.congested.extend(slot.congested)
+        """All of a ticket's answers, in order, in one append."""
+        version = ticket.connection.version
+        answers = [slot if type(slot) is bytes else slot.reply(version) for slot in ticket.slots]
+        ticket.connection.outbox.put(answers[0] if len(answers) == 1 else b"".join(answers))
 
 
 # --------------------------------------------------------------------------
@@ -2275,28 +2306,24 @@ class Servidor:
 
     # -- delivery (called by the message log, under its delivery lock) --
 
-    def _deliver(self, item: Outgoing) -> None:
-        """Append a stored message to its recipients' outboxes (memory only)."""
+    def _deliver(self, item: Outgoing, deliveries: Deliveries, ticket: Ticket) -> None:
+        """Queue a stored message for its recipients (the message log holds its lock)."""
         sender = item.connection
         if item.chat_room is not None:
-            members = item.chat_room.members
             v1_line = v2_line = None
-            for member in members:
+            for member in item.chat_room.members:
                 if member is sender:
                     continue
                 if member.version >= 2:
                     if v2_line is None:
                         v2_line = protocolo.format_msg_v2(item.message_id, item.time_ms,
                                                           item.sender, item.target, item.text)
-                    ok = member.push(v2_line)
+                    deliveries.add(member, v2_line, ticket)
                 else:
                     if v1_line is None:
                         v1_line = protocolo.format_msg_bytes(
                             item.sender_bytes, item.target.encode(), item.raw_text)
-                    ok = member.push(v1_line)
-                if not ok:
-                    item.congested.append(member)
-            item.recipients = members
+                    deliveries.add(member, v1_line, ticket)
             return
         entry = self.registry.get(item.target_key)
         if entry is None or not entry.relay:
@@ -2305,16 +2332,12 @@ class Servidor:
         if not recipient.live:
             return  # catching up: it reads this one from the store
         if recipient.version >= 2:
-            ok = recipient.push(protocolo.format_msg_v2(item.message_id, item.time_ms,
-                                                        item.sender, entry.nick, item.text))
+            deliveries.add(recipient, protocolo.format_msg_v2(
+                item.message_id, item.time_ms, item.sender, entry.nick, item.text), ticket)
         else:
             line = protocolo.format_msg_bytes(item.sender_bytes, recipient.nick_bytes,
                                               item.raw_text)
-            ok = recipient.push(line, item.message_id if recipient.account else 0)
-        if not ok:
-            item.congested.append(recipient)
-        if recipient is not sender:
-            item.recipients = (recipient,)
+            deliveries.add(recipient, line, ticket, item.message_id if recipient.account else 0)
 
     # -- cursors and receipts --
 
