@@ -130,7 +130,7 @@ class LanServer:
         wait_until(logged, timeout, what=f"servidor em {self.host.name} registra {needle!r}")
 
     def stop(self) -> int:
-        """SIGTERM by PID; the exit status (killed, and the test failed, past a bound)."""
+        """SIGTERM by PID; its exit status. Past a bound it is killed and the test fails."""
         self.proc.terminate()
         try:
             return self.proc.wait(START_TIMEOUT)
@@ -264,8 +264,9 @@ def test_lan_a_probe_flood_gets_no_more_than_the_limit_and_others_still_find(hos
         client.register("ana")
 
     assert server.stop() == 0
+    # The server refused the rest (a few may be lost on the way: UDP, a busy machine).
     answered, limited = server.discovery_totals()
-    assert limited >= result["sent"] - result["answers"] - 10, (answered, limited, result)
+    assert limited >= 0.9 * (result["sent"] - result["answers"]), (answered, limited, result)
 
 
 # --------------------------------------------------------------------------
@@ -443,9 +444,9 @@ def test_lan_a_session_whose_server_vanishes_reports_it(hosts, tmp_path, timings
     # ...and the user is told the connection is gone, within the liveness bound.
     words = read_line(client, MARGIN).split(" ", 1)
     noticed = time.monotonic() - vanished
-    print(f"\nservidor sumiu -> sessão avisou em {noticed:.2f} s (limite {bound:g} s)")
-    assert words[0] == "desconectado"
+    assert words[0] == "desconectado", words
     message, by_user = json.loads(words[1])
+    print(f"\nservidor sumiu -> sessão avisou em {noticed:.2f} s (limite {bound:g} s): {message}")
     assert not by_user and message, message
     assert noticed <= bound + MARGIN
     assert client.wait(TIMEOUT) == 0
