@@ -12,9 +12,10 @@ force the other path on Linux (``tests/simulacao.py`` does):
 What is here:
 
 * ``wait_readable`` / ``wait_writable`` (and ``readable_sockets`` for a
-  few at once): a bounded wait, so a socket can stay non-blocking for good
-  (no ``MSG_DONTWAIT``, no ``SO_RCVTIMEO``, which are not portable), and
-  ``send_all``, a ``sendall`` for such a socket bounded by a stall timeout;
+  few at once): a bounded wait (no ``SO_RCVTIMEO``, which is not portable);
+  ``send_nowait``, a send that never blocks (``MSG_DONTWAIT`` where it
+  exists, a non-blocking socket elsewhere: ``reads_may_block`` says which),
+  and ``send_all``, a ``sendall`` bounded by a stall timeout;
 * ``enable_keepalive``: TCP keepalive with our timings, by whatever means
   the OS has;
 * ``lan_addresses`` / ``broadcast_addresses``: this machine's addresses, for
@@ -126,21 +127,42 @@ def readable_sockets(socks: Sequence[socket.socket | int], timeout: float | None
     return _ready(socks, False, timeout)
 
 
+def reads_may_block() -> bool:
+    """True when a socket can stay blocking for its reader while others send without blocking.
+
+    That needs ``MSG_DONTWAIT`` (Linux, macOS, the BSDs): a thread blocked
+    in ``recv`` then costs one system call per read, and other threads send
+    with ``send_nowait``. Without it (Windows) sockets must be non-blocking
+    for good, and a reader waits with ``wait_readable`` before each read.
+    """
+    return hasattr(socket, "MSG_DONTWAIT")
+
+
+def send_nowait(sock: socket.socket, data: bytes | memoryview) -> int:
+    """Send what the kernel takes right now; 0 when it takes nothing.
+
+    Uses ``MSG_DONTWAIT`` where it exists, so the socket itself may be
+    blocking; elsewhere the socket must be non-blocking (see
+    ``reads_may_block``). A broken connection raises ``OSError``.
+    """
+    try:
+        return sock.send(data, getattr(socket, "MSG_DONTWAIT", 0))
+    except (BlockingIOError, InterruptedError):
+        return 0
+
+
 def send_all(sock: socket.socket, data: bytes, stall_timeout: float) -> None:
-    """Send all of ``data`` on a non-blocking socket; ``TimeoutError`` after a stall.
+    """Send all of ``data`` without blocking in ``send``; ``TimeoutError`` after a stall.
 
     The bound is on *no progress*: it restarts whenever the peer takes some
     bytes, so a slow reader is served and one that stopped reading is not
-    waited for forever. For plain sockets (the server's TLS runs over a
-    plain socket). Other errors (reset, broken pipe) propagate as ``OSError``.
+    waited for forever. The socket is blocking or not as ``send_nowait``
+    requires. Other errors (reset, broken pipe) propagate as ``OSError``.
     """
     view = memoryview(data)
     deadline = time.monotonic() + stall_timeout
     while view:
-        try:
-            sent = sock.send(view)
-        except (BlockingIOError, InterruptedError):
-            sent = 0
+        sent = send_nowait(sock, view)
         if sent:
             view = view[sent:]
             deadline = time.monotonic() + stall_timeout

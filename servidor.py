@@ -68,17 +68,20 @@ log = logging.getLogger("servidor")
 EARLY_FLUSH_BYTES = 64 * 1024
 """Replies queued past this within one batch are flushed before the batch ends."""
 OWN_OUTPUT_LOW_WATER = 64 * 1024
-"""A connection whose own unread output is past this is not read until it drains.
+OWN_OUTPUT_HIGH_WATER = 256 * 1024
+"""A connection whose own unread output passes the high mark is not served until
+it drains to the low one.
 
-This is how a request is charged by the output it causes: pipelined
-LISTARs from a client that never reads stop being read after the first few.
+This is how a request is charged by the output it causes: a client that
+pipelines LISTARs and never reads gets a few replies' worth queued, not one
+reply per request it managed to send.
 """
 RECV_CHUNK = 256 * 1024
 """Bytes asked of a ``recv`` on a busy connection: large, so one call brings many lines."""
 IDLE_RECV_CHUNK = 4096
 """Bytes asked of a ``recv`` on a quiet connection (a large buffer per idle thread adds up)."""
 THROTTLED_RECV_CHUNK = 1024
-"""Bytes asked of a ``recv`` while the connection's address is short of budget."""
+"""The least a read asks for, however little budget its address has left."""
 MAX_LINES_PER_TURN = 256
 """Lines a connection handles per turn before letting the others have theirs."""
 CONNECTION_STACK_SIZE = 256 * 1024
@@ -99,8 +102,8 @@ MAX_ADDRESSES = 100_000
 """Bound on the per-address table (the addresses with connections always stay)."""
 HANDSHAKE_SEND_BOUND = 10.0
 """Seconds a TLS record we must send may make no progress (when no TEMPO clock runs)."""
-COMMIT_WAIT_BOUND = 30.0
-"""Longest a connection waits for the group commit that holds its messages."""
+MAX_BATCHES_IN_FLIGHT = 1
+"""Batches of ENVIAR a connection may have waiting for the store while it reads on."""
 
 
 @dataclass
@@ -225,9 +228,14 @@ class TokenBucket:
         return 0.0 if self._level > 0 else (1e-3 - self._level) / self.rate
 
     @property
-    def full(self) -> bool:
+    def level(self) -> float:
+        """What is left now (negative while in debt)."""
         self._refill(time.monotonic())
-        return self._level >= self.burst
+        return self._level
+
+    @property
+    def full(self) -> bool:
+        return self.level >= self.burst
 
 
 class AddressState:
@@ -252,9 +260,15 @@ class AddressState:
             if config.tls_handshakes else None
         self.failed_passwords: collections.deque[float] = collections.deque(maxlen=64)
         self.accounts_created: collections.deque[float] = collections.deque(maxlen=64)
+        # What this address made the server do, ever (for tests and diagnostics).
+        self.lines_read = 0
+        self.bytes_charged = 0
+        self.handshakes_refused = 0
 
     def charge_reading(self, lines: int, nbytes: int) -> None:
         """Pay for what a connection of this address just read or caused."""
+        self.lines_read += lines
+        self.bytes_charged += nbytes
         if self.lines is not None and lines:
             self.lines.charge(lines)
         if self.bytes is not None and nbytes:
@@ -268,6 +282,14 @@ class AddressState:
         if self.bytes is not None:
             delay = max(delay, self.bytes.delay())
         return delay
+
+    def read_allowance(self) -> int:
+        """Bytes a connection of this address may read now (each byte may end a line)."""
+        allowance = RECV_CHUNK
+        for bucket in (self.lines, self.bytes):
+            if bucket is not None:
+                allowance = min(allowance, int(bucket.level))
+        return max(allowance, THROTTLED_RECV_CHUNK)
 
     def idle(self, now: float) -> bool:
         """True when forgetting this address would give nothing back to anyone."""
@@ -309,6 +331,10 @@ class AddressBook:
             state.connections = max(0, state.connections - 1)
             state.last_used = time.monotonic()
 
+    def get(self, ip: str) -> AddressState | None:
+        """The state of ``ip``'s address, if the server knows it."""
+        return self._states.get(address_key(ip))
+
     def forget_idle(self) -> None:
         with self._lock:
             self._forget_idle_locked(time.monotonic(), force=False)
@@ -333,14 +359,20 @@ class PlainTransport:
         self.sock = sock
         self.chunk = IDLE_RECV_CHUNK
 
+    buffered = False
+    """True when bytes wait inside the transport (never, for plain TCP)."""
+
     def handshake(self, deadline: float = 0.0) -> None:
         """Nothing to negotiate."""
 
-    def recv(self) -> bytes:
-        """Application bytes from the peer; ``b""`` at EOF; BlockingIOError when none wait."""
-        asked = self.chunk
+    def recv(self, limit: int) -> bytes:
+        """At most ``limit`` application bytes; ``b""`` at EOF; BlockingIOError when none wait.
+
+        Reads small until a read comes back full, then large while that lasts.
+        """
+        asked = min(self.chunk, limit)
         data = self.sock.recv(asked)
-        if asked >= IDLE_RECV_CHUNK:
+        if asked == self.chunk:
             self.chunk = RECV_CHUNK if len(data) == asked else IDLE_RECV_CHUNK
         return data
 
@@ -361,7 +393,6 @@ class TlsTransport:
 
     def __init__(self, sock: socket.socket, context: ssl.SSLContext) -> None:
         self.sock = sock
-        self.chunk = IDLE_RECV_CHUNK
         self._incoming = ssl.MemoryBIO()
         self._outgoing = ssl.MemoryBIO()
         self._tls = context.wrap_bio(self._incoming, self._outgoing, server_side=True)
@@ -395,8 +426,13 @@ class TlsTransport:
                 raise ConnectionError("EOF durante o handshake TLS")
             self._incoming.write(data)
 
-    def recv(self) -> bytes:
-        """Application bytes from the peer; ``b""`` at EOF.
+    @property
+    def buffered(self) -> bool:
+        """True when records read with the handshake wait to be decrypted."""
+        return self._records_waiting
+
+    def recv(self, limit: int) -> bytes:
+        """Application bytes from the peer (about ``limit`` at most); ``b""`` at EOF.
 
         Reads the socket at most once. If what came holds no whole record
         yet -- or nothing came -- raises ``BlockingIOError``, so the caller
@@ -407,7 +443,7 @@ class TlsTransport:
         if self._records_waiting:
             self._records_waiting = False
         else:
-            data = self.sock.recv(self.chunk)
+            data = self.sock.recv(min(RECV_CHUNK, limit))
             if not data:
                 return b""
         with self._lock:
@@ -441,15 +477,19 @@ def _remaining(deadline: float, default: float) -> float:
 
 
 def _recv_some(sock: socket.socket, size: int, deadline: float) -> bytes:
-    """One ``recv`` on a non-blocking socket, waiting for data until ``deadline`` (0: forever)."""
+    """One ``recv``, after waiting for data until ``deadline`` (0: forever).
+
+    Waiting first works whether the socket is blocking or not.
+    """
     while True:
-        try:
-            return sock.recv(size)
-        except BlockingIOError:
-            pass
-        timeout = None if not deadline else max(0.0, deadline - time.monotonic())
-        if timeout == 0.0 or not rede.wait_readable(sock, timeout):
+        timeout = None if not deadline else deadline - time.monotonic()
+        if timeout is not None and timeout <= 0:
             raise TimeoutError("tempo esgotado esperando dados")
+        if rede.wait_readable(sock, timeout):
+            try:
+                return sock.recv(size)
+            except BlockingIOError:
+                continue
 
 
 # --------------------------------------------------------------------------
@@ -553,9 +593,7 @@ class Outbox:
     def _send_once(self, wire: bytes) -> str:
         """One non-blocking send of ``wire`` (we own ``_busy``); '' or why the peer is broken."""
         try:
-            sent = self._sock.send(wire)
-        except BlockingIOError:
-            sent = 0
+            sent = rede.send_nowait(self._sock, wire)
         except OSError as exc:
             return f"erro ao enviar: {exc.strerror or exc}"
         with self._lock:
@@ -697,9 +735,7 @@ class Outbox:
         view = memoryview(wire)
         while view:
             try:
-                sent = self._sock.send(view)
-            except BlockingIOError:
-                sent = 0
+                sent = rede.send_nowait(self._sock, view)
             except OSError as exc:
                 return f"erro ao enviar: {exc.strerror or exc}"
             if sent:
@@ -954,24 +990,32 @@ class FairTurn:
 
 
 class Outgoing:
-    """One accepted ENVIAR on its way: stored, then delivered, then answered."""
+    """One accepted ENVIAR on its way: stored, then delivered, then answered.
 
-    __slots__ = ("congested", "error", "message", "message_id", "raw_text", "recipients",
-                 "room", "sender", "target", "text", "time_ms")
+    It carries the fields of ``armazem.NewMessage`` under the same names, so
+    the store takes it as it is: one object per message on the hot path.
+    """
 
-    def __init__(self, sender: ClientConnection, target: str, text: str, raw_text: bytes,
-                 room: Room | None, message: armazem.NewMessage) -> None:
-        self.sender = sender
+    __slots__ = ("chat_room", "connection", "error", "message_id", "raw_text", "room", "sender",
+                 "sender_bytes", "sender_key", "target", "target_key", "text", "time_ms",
+                 "wants_receipt")
+
+    def __init__(self, connection: ClientConnection, target_key: str, target: str, text: str,
+                 raw_text: bytes, chat_room: Room | None, wants_receipt: bool) -> None:
+        self.connection = connection
+        self.sender_key = connection.key
+        self.sender = connection.nick  # as it was when the message was accepted
+        self.sender_bytes = connection.nick_bytes
+        self.target_key = target_key
         self.target = target  # the recipient's nickname as registered, or the room's name
         self.text = text
         self.raw_text = raw_text
-        self.room = room
-        self.message = message
+        self.room = chat_room is not None
+        self.chat_room = chat_room
+        self.wants_receipt = wants_receipt
         self.message_id = 0
         self.time_ms = 0
         self.error = ""
-        self.recipients: tuple[ClientConnection, ...] = ()  # whose outboxes need a flush
-        self.congested: list[ClientConnection] = []
 
     def reply(self, version: int) -> bytes:
         """The sender's answer: OK (v2: with id and time) or why it was not stored."""
@@ -982,112 +1026,171 @@ class Outgoing:
         return protocolo.OK_LINE
 
 
-class _Ticket:
-    """One connection's messages waiting in the group-commit queue."""
+class Deliveries:
+    """The lines one group of messages sends to each recipient, appended in one go each.
 
-    __slots__ = ("done", "outgoing", "promoted")
+    A batch of 32 messages to one recipient then costs one locked append and
+    one ``send``, not 32. Per recipient the lines stay in id order. Senders
+    whose messages went to a recipient that ends up past its bound are told
+    (``Ticket.congested``), so they wait for it.
+    """
 
-    def __init__(self, outgoing: list[Outgoing]) -> None:
-        self.outgoing = outgoing
-        self.done = threading.Event()
-        self.promoted = False  # woken to lead the next group, not because it is done
+    __slots__ = ("_by_recipient",)
+
+    def __init__(self) -> None:
+        self._by_recipient: dict[int, list] = {}  # id -> [recipient, lines, newest id, tickets]
+
+    def add(self, recipient: ClientConnection, line: bytes, ticket: Ticket,
+            message_id: int = 0) -> None:
+        """Queue ``line`` for ``recipient``; ``message_id`` tracks a version-1 account's cursor."""
+        entry = self._by_recipient.get(id(recipient))
+        if entry is None:
+            entry = self._by_recipient[id(recipient)] = [recipient, [], 0, {}]
+        entry[1].append(line)
+        if message_id:
+            entry[2] = message_id
+        entry[3][id(ticket)] = ticket
+
+    def put_all(self) -> list[ClientConnection]:
+        """Append everything to the recipients' outboxes; returns the recipients."""
+        recipients = []
+        for recipient, lines, message_id, tickets in self._by_recipient.values():
+            data = lines[0] if len(lines) == 1 else b"".join(lines)
+            if not recipient.push(data, message_id):
+                for ticket in tickets.values():
+                    ticket.congested.append(recipient)
+            recipients.append(recipient)
+        return recipients
+
+
+class Ticket:
+    """One connection's batch of ENVIAR answers: stored, delivered and answered in order.
+
+    ``slots`` holds, in the order the requests came, the messages to store
+    (``Outgoing``) and the answers already known (errors, as bytes).
+    """
+
+    __slots__ = ("congested", "connection", "done", "slots")
+
+    def __init__(self, connection: ClientConnection, slots: list[Outgoing | bytes]) -> None:
+        self.connection = connection
+        self.slots = slots
+        self.done = False  # set by the message log; waiters use ``MessageLog.wait``
+        self.congested: list[ClientConnection] = []
 
 
 class MessageLog:
     """Stores messages before their ``OK`` and delivers them in id order.
 
-    Group commit: a connection with messages to store joins a queue; if no
-    commit is running it leads one, taking everything queued -- messages
-    from many connections -- into one transaction; the others wait. After
-    committing, the leader delivers every message of the group in id order
-    while holding ``deliver_lock``, so all members of a room see one order,
-    and an account going live (``go_live``) never misses or reorders a
-    message. Then it hands the lead to the first connection that queued
-    meanwhile. Delivering only appends to outboxes (memory); the senders
-    flush them afterwards, each from its own thread.
-
-    With an in-memory store (``--efemero``) a commit costs nothing, so each
-    connection simply stores and delivers its own messages under the lock.
+    With a store on disk, a committer thread does it: connections hand it
+    their batches (``submit``) and go on reading; it takes everything queued
+    -- the batches of many connections -- stores it in one transaction
+    (group commit), delivers each message in id order while holding
+    ``deliver_lock`` (so all members of a room see one order, and an account
+    going live never misses or reorders a message), queues each sender's
+    answers in the order of its requests, and flushes the outboxes it
+    touched. A connection keeps at most ``MAX_BATCHES_IN_FLIGHT`` batches
+    waiting, and waits for them all before any other request, so its replies
+    stay in order. With an in-memory store (``--efemero``) storing costs
+    nothing, so each connection does the same work itself, at once.
     """
 
     def __init__(self, store: armazem.Store | armazem.MemoryStore,
-                 deliver: Callable[[Outgoing], None]) -> None:
+                 deliver: Callable[[Outgoing, Deliveries, Ticket], None]) -> None:
         self.store = store
         self._deliver = deliver
         self.deliver_lock = threading.Lock()
-        self._queue_lock = threading.Lock()
-        self._queue: list[_Ticket] = []
-        self._leading = False
+        self._cond = threading.Condition()  # guards _queue; wakes the committer
+        self._done = threading.Condition()  # wakes connections waiting for their batches
+        self._queue: list[Ticket] = []
+        self._stopping = False
+        self._thread: threading.Thread | None = None
 
-    def submit(self, outgoing: list[Outgoing]) -> None:
-        """Store and deliver ``outgoing``; on return each has an id or an ``error``."""
-        ticket = _Ticket(outgoing)
-        if not self.store.durable:
-            self._commit([ticket])
+    def start(self) -> None:
+        if self.store.durable:
+            self._thread = threading.Thread(target=self._run, daemon=True, name="gravador")
+            self._thread.start()
+
+    def stop(self, timeout: float) -> None:
+        """Store and answer what is queued (bounded by ``timeout``), then end the thread."""
+        with self._cond:
+            self._stopping = True
+            self._cond.notify()
+        if self._thread is not None:
+            self._thread.join(timeout)
+
+    def wait(self, ticket: Ticket, stop: threading.Event) -> None:
+        """Wait until ``ticket`` is stored and answered, or ``stop`` is set."""
+        with self._done:
+            while not ticket.done and not stop.is_set():
+                self._done.wait(1.0)
+
+    def submit(self, ticket: Ticket) -> None:
+        """Hand a batch over; ``ticket.done`` is set once it is stored and answered."""
+        if self._thread is None:
+            self._process([ticket])
             return
-        with self._queue_lock:
+        with self._cond:
             self._queue.append(ticket)
-            lead = not self._leading
-            self._leading = True
-        if not lead and not self._wait(ticket):
-            return
-        if lead or ticket.promoted:
-            self._lead()
+            self._cond.notify()
 
-    def _wait(self, ticket: _Ticket) -> bool:
-        """Wait as a follower; True if we were promoted to lead, False when done."""
-        if not ticket.done.wait(COMMIT_WAIT_BOUND):
-            with self._queue_lock:
-                if ticket in self._queue:  # never taken: safe to refuse
-                    self._queue.remove(ticket)
-                    for item in ticket.outgoing:
-                        item.error = "o armazenamento não respondeu a tempo; tente de novo"
-                    return False
-            ticket.done.wait(COMMIT_WAIT_BOUND)  # being committed right now
-            if not ticket.done.is_set():
-                for item in ticket.outgoing:
-                    item.error = ("o armazenamento não respondeu a tempo; a mensagem pode "
-                                  "ter sido guardada")
-                return False
-        return ticket.promoted
+    def _run(self) -> None:
+        while True:
+            with self._cond:
+                while not self._queue and not self._stopping:
+                    self._cond.wait()
+                tickets, self._queue = self._queue, []
+                if not tickets:
+                    return
+            self._process(tickets)
 
-    def _lead(self) -> None:
-        with self._queue_lock:
-            tickets, self._queue = self._queue, []
-        try:
-            self._commit(tickets)
-        finally:
-            with self._queue_lock:
-                if self._queue:
-                    following = self._queue[0]
-                    following.promoted = True
-                    following.done.set()
-                else:
-                    self._leading = False
-
-    def _commit(self, tickets: list[_Ticket]) -> None:
-        outgoing = [item for ticket in tickets for item in ticket.outgoing]
+    def _process(self, tickets: list[Ticket]) -> None:
         try:
             with self.deliver_lock:
-                try:
-                    stamps = self.store.append_messages([item.message for item in outgoing])
-                except armazem.StoreError as exc:
-                    log.error("falha ao guardar %d mensagem(ns): %s", len(outgoing), exc)
-                    for item in outgoing:
-                        item.error = f"o servidor não conseguiu guardar a mensagem ({exc})"
-                    return
-                for item, (message_id, time_ms) in zip(outgoing, stamps, strict=True):
-                    item.message_id, item.time_ms = message_id, time_ms
-                    self._deliver(item)
-        except Exception:  # a bug must not leave senders waiting forever
-            log.exception("erro inesperado ao entregar mensagens")
-            for item in outgoing:
-                if not item.message_id:
-                    item.error = "erro interno do servidor"
+                deliveries = Deliveries()
+                self._store_and_deliver(tickets, deliveries)
+                recipients = deliveries.put_all()
+                for ticket in tickets:
+                    self._answer(ticket)
+            senders = {id(ticket.connection) for ticket in tickets}
+            for recipient in recipients:  # the messages first: people wait for them
+                if id(recipient) not in senders:
+                    recipient.outbox.flush()
+            for ticket in tickets:
+                ticket.connection.outbox.flush()
+        except Exception:  # a bug must not leave a sender waiting forever
+            log.exception("erro inesperado ao guardar e entregar mensagens")
         finally:
             for ticket in tickets:
-                if not ticket.promoted:
-                    ticket.done.set()
+                ticket.done = True
+            if self._thread is not None:
+                with self._done:
+                    self._done.notify_all()
+
+    def _store_and_deliver(self, tickets: list[Ticket], deliveries: Deliveries) -> None:
+        outgoing = [slot for ticket in tickets for slot in ticket.slots if type(slot) is Outgoing]
+        if not outgoing:
+            return
+        try:
+            stamps = self.store.append_messages(outgoing)
+        except armazem.StoreError as exc:
+            log.error("falha ao guardar %d mensagem(ns): %s", len(outgoing), exc)
+            for item in outgoing:
+                item.error = f"o servidor não conseguiu guardar a mensagem ({exc})"
+            return
+        stamps_iter = iter(stamps)
+        for ticket in tickets:
+            for slot in ticket.slots:
+                if type(slot) is Outgoing:
+                    slot.message_id, slot.time_ms = next(stamps_iter)
+                    self._deliver(slot, deliveries, ticket)
+
+    @staticmethod
+    def _answer(ticket: Ticket) -> None:
+        """All of a ticket's answers, in order, in one append."""
+        version = ticket.connection.version
+        answers = [slot if type(slot) is bytes else slot.reply(version) for slot in ticket.slots]
+        ticket.connection.outbox.put(answers[0] if len(answers) == 1 else b"".join(answers))
 
 
 # --------------------------------------------------------------------------
@@ -1165,7 +1268,8 @@ class ClientConnection:
         self._close_reason = ""
         self._deadline = 0.0
         self._turn = False
-        self._sends: list[Outgoing | bytes] = []  # ENVIAR answers not yet given, in order
+        self._sends: list[Outgoing | bytes] = []  # ENVIAR answers not yet submitted, in order
+        self._in_flight: collections.deque[Ticket] = collections.deque()
         self._touched: dict[int, ClientConnection] = {}
         self._after_reply: Callable[[], None] | None = None
         self._reply_bytes = 0
@@ -1199,6 +1303,7 @@ class ClientConnection:
             return
         bucket = self.address.tls_handshakes
         if bucket is not None and not bucket.take():
+            self.address.handshakes_refused += 1
             raise ConnectionError("handshakes TLS demais deste endereço")
         self.address.handshakes += 1
         try:
@@ -1272,9 +1377,10 @@ class ClientConnection:
         """Read and answer lines; returns why the connection ended."""
         splitter = protocolo.LineSplitter(self.config.max_line)
         while not self._quitting:
-            if not self._pace():
+            allowance = self._pace()
+            if not allowance:
                 return self._close_reason or "encerrando"
-            data = self._read()
+            data = self._read(allowance)
             if data is None:
                 self._send_now(protocolo.format_error(
                     ErrorCode.TEMPO, "nenhum comando completo a tempo; conexão encerrada"))
@@ -1287,42 +1393,58 @@ class ClientConnection:
                 self._handle_lines(lines)
         return "SAIR"
 
-    def _pace(self) -> bool:
-        """Wait until this connection may read again; False if it is being closed.
+    def _pace(self) -> int:
+        """Wait until this connection may read again; how many bytes it may read (0: closing).
 
         Two things hold a connection back: its address's budget (it sent, or
         caused, more than its share), and its own replies that it has not
         read yet. While it waits nothing is read, so TCP slows the client.
+        The size of the next read is bounded by what the budget has left, so
+        no single read -- of blank lines, say -- costs more than the budget.
         """
+        self._settle_sends(keep=MAX_BATCHES_IN_FLIGHT)
         delay = self.address.reading_delay()
-        self.transport.chunk = THROTTLED_RECV_CHUNK if delay else max(
-            self.transport.chunk, IDLE_RECV_CHUNK)
         while delay > 0:
             if self.stopping.wait(min(delay, 1.0)):
-                return False
+                return 0
             delay = self.address.reading_delay()
         if self.outbox.pending > OWN_OUTPUT_LOW_WATER and not self.outbox.wait_below(
                 OWN_OUTPUT_LOW_WATER, self.config.send_timeout, self.stopping):
             if not self.stopping.is_set():
                 self.abort("cliente parou de ler as respostas")
-            return False
-        return not self.stopping.is_set()
+            return 0
+        return 0 if self.stopping.is_set() else self.address.read_allowance()
 
-    def _read(self) -> bytes | None:
-        """The next chunk from the peer; b"" at EOF; None when the TEMPO clock ran out."""
+    def _read(self, limit: int) -> bytes | None:
+        """The next chunk from the peer; b"" at EOF; None when the TEMPO clock ran out.
+
+        Where the platform allows (``rede.reads_may_block``) the socket is
+        blocking and a registered connection simply waits in ``recv``: one
+        system call per read. Otherwise, or while the TEMPO clock runs, it
+        waits for data with a bound first.
+        """
+        blocking = self.server.blocking_reads
         while True:
+            if (self._deadline or not blocking) and not self._wait_for_data():
+                return None
             try:
-                return self.transport.recv()
-            except BlockingIOError:
-                pass
+                return self.transport.recv(limit)
+            except BlockingIOError:  # nothing there yet, or a TLS record still incomplete
+                if self.stopping.is_set():
+                    return b""
+
+    def _wait_for_data(self) -> bool:
+        """Wait until the socket has something to read; False when the TEMPO clock ran out."""
+        if self.transport.buffered:
+            return True
+        while True:
             timeout = None
             if self._deadline:
                 timeout = self._deadline - time.monotonic()
                 if timeout <= 0:
-                    return None
-            rede.wait_readable(self.sock, timeout)
-            if self.stopping.is_set():
-                return b""
+                    return False
+            if rede.wait_readable(self.sock, timeout) or self.stopping.is_set():
+                return True
 
     def _handle_lines(self, lines: list[bytes | protocolo.LineTooLong]) -> None:
         """Answer a batch of lines, a bounded number per turn, then flush what they touched."""
@@ -1331,10 +1453,11 @@ class ClientConnection:
             self._take_turn()
             try:
                 for raw in lines[start:start + MAX_LINES_PER_TURN]:
-                    if self._quitting:
+                    if self._quitting or (self.outbox.pending > OWN_OUTPUT_HIGH_WATER
+                                          and not self._wait_for_own_output()):
                         break
                     self._answer(raw)
-                self._settle_sends()
+                self._submit_sends()
                 self._flush_touched()
             finally:
                 self._release_turn()
@@ -1342,6 +1465,16 @@ class ClientConnection:
                 break
         if self._reply_bytes:
             self.address.charge_reading(0, self._reply_bytes)
+
+    def _wait_for_own_output(self) -> bool:
+        """Serve nothing more until this client reads its replies; False if it never does."""
+        self._settle_sends()
+        self._flush_touched()
+        drained = self._outside_turn(self.outbox.wait_below, OWN_OUTPUT_LOW_WATER,
+                                     self.config.send_timeout, self.stopping)
+        if not drained and not self.stopping.is_set():
+            self.abort("cliente parou de ler as respostas")
+        return bool(drained) and not self.stopping.is_set()
 
     def _take_turn(self) -> None:
         if not self._turn:
@@ -1387,8 +1520,8 @@ class ClientConnection:
             after()
 
     def _reply(self, line: bytes) -> None:
-        """Queue a reply, in order with the ENVIAR answers still waiting for their commit."""
-        if self._sends:
+        """Queue a reply, in order with the ENVIAR answers still waiting for the store."""
+        if self._sends or self._in_flight:
             self._sends.append(line)
             return
         self._reply_bytes += len(line)
@@ -1436,8 +1569,7 @@ class ClientConnection:
         room = self.rooms.get(protocolo.room_key(name))
         if room is None:
             raise ProtocolError(ErrorCode.NAO_MEMBRO, f"entre em {name} antes (ENTRAR {name})")
-        message = armazem.NewMessage(self.key, self.nick, room.key, room.name, text, True, False)
-        return Outgoing(self, room.name, text, raw_text, room, message)
+        return Outgoing(self, room.key, room.name, text, raw_text, room, False)
 
     def _outgoing_to_nick(self, nick: str, text: str, raw_text: bytes) -> Outgoing:
         key = protocolo.nick_key(nick)
@@ -1456,8 +1588,7 @@ class ClientConnection:
             target = self._offline_account(nick, key)
             account = True
         wants_receipt = self.version >= 2 and self.account and account
-        message = armazem.NewMessage(self.key, self.nick, key, target, text, False, wants_receipt)
-        return Outgoing(self, target, text, raw_text, None, message)
+        return Outgoing(self, key, target, text, raw_text, None, wants_receipt)
 
     def _offline_account(self, nick: str, key: str) -> str:
         """The account's nickname if ``nick`` is an offline account that may take one more."""
@@ -1499,32 +1630,39 @@ class ClientConnection:
             raise ProtocolError(ErrorCode.DESTINATARIO_LENTO,
                                 f"{entry.nick} não está lendo as mensagens e foi desconectada")
 
-    def _settle_sends(self) -> None:
-        """Store the ENVIARs read so far, then give their answers, in order."""
-        if not self._sends:
-            return
-        slots, self._sends = self._sends, []
-        outgoing = [slot for slot in slots if type(slot) is Outgoing]
-        if outgoing:
-            turn = self._turn
-            self._release_turn()  # others may join this group commit meanwhile
-            self.server.messages.submit(outgoing)
-            if turn:
-                self._take_turn()
-        for slot in slots:
-            self._reply(slot if type(slot) is bytes else slot.reply(self.version))
+    def _submit_sends(self) -> None:
+        """Hand the ENVIARs read so far to the message log (their answers come in order)."""
+        if self._sends:
+            ticket = Ticket(self, self._sends)
+            self._sends = []
+            self._in_flight.append(ticket)
+            self.server.messages.submit(ticket)
+
+    def _settle_sends(self, keep: int = 0) -> None:
+        """Submit what is pending and wait until at most ``keep`` batches are in flight.
+
+        Before any request other than ENVIAR every batch must be settled: its
+        answers come first, and its messages are delivered before whatever
+        the request changes. A sender whose messages found recipients past
+        their bound waits here for them to read (it is slowed, they are not
+        dropped); one that reads nothing for ``stall_timeout`` is dropped.
+        """
+        self._submit_sends()
+        in_flight = self._in_flight
         congested: dict[int, ClientConnection] = {}
-        for item in outgoing:
-            for recipient in item.recipients:
-                self._touched[id(recipient)] = recipient
-            for recipient in item.congested:
+        while in_flight and (len(in_flight) > keep or in_flight[0].done):
+            ticket = in_flight[0]
+            if not ticket.done:
+                self._outside_turn(self.server.messages.wait, ticket, self.stopping)
+            in_flight.popleft()
+            for recipient in ticket.congested:
                 congested[id(recipient)] = recipient
         if congested:
             self._flush_touched()
             self._wait_for_congested(congested.values())
 
     def _wait_for_congested(self, recipients: Iterable[ClientConnection]) -> None:
-        """After delivering, wait for recipients past their bound; drop those that stall."""
+        """Wait for recipients past their bound to read; drop those that stall."""
         turn = self._turn
         self._release_turn()
         for recipient in recipients:
@@ -1960,6 +2098,8 @@ class Servidor:
         self.addresses = AddressBook(self.config)
         self.messages = MessageLog(self.store, self._deliver)
         self.passwords = Passwords(self.config.hashing_threads)
+        self.blocking_reads = rede.reads_may_block()
+        """Connection sockets stay blocking for their readers (see ``ClientConnection._read``)."""
         self.discovery: descoberta.DiscoveryResponder | None = None
         self._listeners: list[socket.socket] = []
         self._connections: set[ClientConnection] = set()
@@ -2012,6 +2152,7 @@ class Servidor:
         self._maintenance_thread = threading.Thread(target=self._maintenance_loop, daemon=True,
                                                     name="manutencao")
         self._maintenance_thread.start()
+        self.messages.start()
         port = self.address[1]
         for listener in self._listeners:
             host = listener.getsockname()[0]
@@ -2068,6 +2209,7 @@ class Servidor:
         for connection in connections:
             connection.thread.join(max(0.0, end - time.monotonic()))
         self._maintenance_thread.join(max(0.0, end - time.monotonic()))
+        self.messages.stop(max(0.1, end - time.monotonic()))
         log.info("servidor encerrado")
 
     def _bind(self) -> list[socket.socket]:
@@ -2119,7 +2261,7 @@ class Servidor:
     def _serve_connection(self, sock: socket.socket, ip: str, port: int,
                           state: AddressState) -> None:
         try:
-            sock.setblocking(False)
+            sock.setblocking(self.blocking_reads)
             sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
             sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, SNDBUF_BYTES)
             idle = self.config.keepalive_idle
@@ -2164,46 +2306,38 @@ class Servidor:
 
     # -- delivery (called by the message log, under its delivery lock) --
 
-    def _deliver(self, item: Outgoing) -> None:
-        """Append a stored message to its recipients' outboxes (memory only)."""
-        sender = item.sender
-        if item.room is not None:
-            members = item.room.members
+    def _deliver(self, item: Outgoing, deliveries: Deliveries, ticket: Ticket) -> None:
+        """Queue a stored message for its recipients (the message log holds its lock)."""
+        sender = item.connection
+        if item.chat_room is not None:
             v1_line = v2_line = None
-            for member in members:
+            for member in item.chat_room.members:
                 if member is sender:
                     continue
                 if member.version >= 2:
                     if v2_line is None:
                         v2_line = protocolo.format_msg_v2(item.message_id, item.time_ms,
-                                                          sender.nick, item.target, item.text)
-                    ok = member.push(v2_line)
+                                                          item.sender, item.target, item.text)
+                    deliveries.add(member, v2_line, ticket)
                 else:
                     if v1_line is None:
                         v1_line = protocolo.format_msg_bytes(
-                            sender.nick_bytes, item.target.encode(), item.raw_text)
-                    ok = member.push(v1_line)
-                if not ok:
-                    item.congested.append(member)
-            item.recipients = members
+                            item.sender_bytes, item.target.encode(), item.raw_text)
+                    deliveries.add(member, v1_line, ticket)
             return
-        entry = self.registry.get(item.message.target_key)
+        entry = self.registry.get(item.target_key)
         if entry is None or not entry.relay:
             return  # offline: an account finds it in the store when it comes back
         recipient = entry.connection
         if not recipient.live:
             return  # catching up: it reads this one from the store
         if recipient.version >= 2:
-            ok = recipient.push(protocolo.format_msg_v2(item.message_id, item.time_ms,
-                                                        sender.nick, entry.nick, item.text))
+            deliveries.add(recipient, protocolo.format_msg_v2(
+                item.message_id, item.time_ms, item.sender, entry.nick, item.text), ticket)
         else:
-            line = protocolo.format_msg_bytes(sender.nick_bytes, recipient.nick_bytes,
+            line = protocolo.format_msg_bytes(item.sender_bytes, recipient.nick_bytes,
                                               item.raw_text)
-            ok = recipient.push(line, item.message_id if recipient.account else 0)
-        if not ok:
-            item.congested.append(recipient)
-        if recipient is not sender:
-            item.recipients = (recipient,)
+            deliveries.add(recipient, line, ticket, item.message_id if recipient.account else 0)
 
     # -- cursors and receipts --
 

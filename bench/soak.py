@@ -596,6 +596,11 @@ class Soak:
             self.on_presence(session, line)
         elif session.listing is not None:
             self.on_listing_line(session, line)
+        elif line.startswith("ERRO TEMPO ") and not session.registered and not session.pending:
+            # Its REGISTRAR was refused (the address's budget) while it was not
+            # reading, so it never retried: an idle unregistered connection.
+            session.timed_out = True
+            self.counts["tempo_esgotado"] += 1
         elif not session.pending:
             self.violation(f"{session.nick}: linha sem pedido: {line[:60]!r}")
         else:

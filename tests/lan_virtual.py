@@ -11,7 +11,11 @@ addresses a machine sees on its own interfaces: none of that happens on
   and, unless told otherwise, a default route via the gateway (without one,
   Linux refuses to send to 255.255.255.255, as on an isolated lab network);
 * ``Host.vanish()`` makes nftables drop everything in and out of the host
-  (loopback excepted): its peers see silence, never a FIN or a RST.
+  (loopback excepted): its peers see silence, never a FIN or a RST;
+* ``Host.call(function)`` runs a function of the test process inside the
+  host's network: a socket it opens (a ``WireClient``, say) lives on that
+  host for good, so a test can talk from "another machine" without a child
+  process.
 
 Every name includes this process's PID and an instance number, so parallel
 runs never collide; ``close()`` kills by PID the processes it started and
@@ -27,16 +31,18 @@ with the reason, when not root or when namespaces cannot be created.
 from __future__ import annotations
 
 import contextlib
+import ctypes
 import itertools
 import os
 import re
 import shutil
 import subprocess
 import sys
+import threading
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
-from typing import IO
+from typing import IO, TypeVar
 
 import pytest
 
@@ -62,7 +68,13 @@ table inet {VANISH_TABLE} {{
     }}
 }}
 """
+NETNS_DIR = Path("/run/netns")
+"""Where ``ip netns add`` keeps a handle on each namespace it creates."""
+CALL_TIMEOUT = 30.0
+"""Default bound for ``Host.call``."""
+_CLONE_NEWNET = 0x40000000
 _instances = itertools.count(1)
+_Result = TypeVar("_Result")
 
 
 class LanError(RuntimeError):
@@ -209,6 +221,37 @@ class Host:
     def popen_python(self, code: str, *args: str, **kwargs: object) -> subprocess.Popen:
         return self.popen([sys.executable, "-c", code, *args], **kwargs)
 
+    def call(self, function: Callable[..., _Result], *args: object,
+             timeout: float = CALL_TIMEOUT) -> _Result:
+        """``function(*args)`` run inside this host's network; its result or its exception.
+
+        It runs in a new thread that moves itself into the host's network
+        namespace (a per-thread property on Linux) and ends with the call,
+        so nothing else of the test process ever runs there. Sockets the
+        function opens stay on this host after it returns: connect a client
+        here, use it from the test's own thread. Threads the function starts
+        inherit the namespace too. Raises ``TimeoutError`` after ``timeout``
+        seconds (the thread is then left to finish on its own).
+        """
+        outcome: dict[str, object] = {}
+
+        def run() -> None:
+            try:
+                _enter_network_namespace(NETNS_DIR / self.namespace)
+                outcome["result"] = function(*args)
+            except BaseException as exc:  # handed to the caller
+                outcome["error"] = exc
+
+        thread = threading.Thread(target=run, name=f"rede-virtual-{self.name}", daemon=True)
+        thread.start()
+        thread.join(timeout)
+        if thread.is_alive():
+            raise TimeoutError(f"{getattr(function, '__name__', function)!s} em {self.name} "
+                               f"não terminou em {timeout:g} s")
+        if "error" in outcome:
+            raise outcome["error"]  # type: ignore[misc]
+        return outcome["result"]  # type: ignore[return-value]
+
     def vanish(self) -> None:
         """Drop every packet in and out of this host, loopback excepted (no FIN, no RST)."""
         if shutil.which("nft") is None:
@@ -223,6 +266,22 @@ class Host:
             _tool(["ip", "netns", "exec", self.namespace, "nft", "delete", "table", "inet",
                    VANISH_TABLE])
             self.vanished = False
+
+
+def _enter_network_namespace(path: Path) -> None:
+    """Move the calling thread (only it) into the network namespace at ``path``."""
+    fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+    try:
+        setns = getattr(os, "setns", None)  # Python 3.12+
+        if setns is not None:
+            setns(fd, _CLONE_NEWNET)
+            return
+        libc = ctypes.CDLL(None, use_errno=True)
+        if libc.setns(fd, _CLONE_NEWNET) != 0:
+            error = ctypes.get_errno()
+            raise OSError(error, f"setns({path}): {os.strerror(error)}")
+    finally:
+        os.close(fd)
 
 
 def python_env(**extra: str) -> dict[str, str]:

@@ -10,10 +10,12 @@ from __future__ import annotations
 
 import select
 import socket
+import sys
 import threading
 import time
 
 import pytest
+import simulacao
 from wire import WireClient, running_server, wait_until
 
 import servidor
@@ -258,13 +260,18 @@ def test_keepalive_is_enabled_and_tuned_on_accepted_sockets():
         sock = connection.sock
         assert sock.getsockopt(socket.SOL_SOCKET, socket.SO_KEEPALIVE) == 1
         assert sock.getsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY) != 0
-        tuned = {"TCP_KEEPIDLE": 60, "TCP_KEEPINTVL": 10, "TCP_KEEPCNT": 5}
-        present = {name: value for name, value in tuned.items() if hasattr(socket, name)}
-        if not present:
-            pytest.skip("este sistema não permite ajustar o keepalive")
+        if sys.platform != "linux":
+            pytest.skip("os valores do keepalive são conferidos pelas opções do Linux")
         # Idle 60 s, then 5 probes 10 s apart: a dead peer is gone in under two minutes.
-        for name, value in present.items():
-            assert sock.getsockopt(socket.IPPROTO_TCP, getattr(socket, name)) == value, name
+        # The options' numbers, not their names: under a simulated Windows or
+        # macOS (tests/simulacao.py) the names are gone, and this checks that the
+        # other platform's path really tuned the socket.
+        linux_options = {"TCP_KEEPIDLE": 4, "TCP_KEEPINTVL": 5, "TCP_KEEPCNT": 6}
+        wanted = {"TCP_KEEPIDLE": 60, "TCP_KEEPINTVL": 10, "TCP_KEEPCNT": 5}
+        if simulacao.active_mode() == "windows":
+            del wanted["TCP_KEEPCNT"]  # Windows fixes the number of probes itself
+        for name, value in wanted.items():
+            assert sock.getsockopt(socket.IPPROTO_TCP, linux_options[name]) == value, name
 
 
 # --------------------------------------------------------------------------
