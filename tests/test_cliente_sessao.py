@@ -21,6 +21,7 @@ import time
 from pathlib import Path
 
 import pytest
+import simulacao
 from cliente_apoio import ScriptedServer, connect, drain, is_reply_to, msg_line, wait_event
 from wire import HOST, TIMEOUT, free_port, make_certificate, wait_until
 
@@ -482,7 +483,7 @@ def test_a_server_that_stops_reading_makes_requests_fail_fast_never_block(fakes)
 
 @pytest.mark.skipif(sys.platform == "win32", reason="resource.getrusage é só do Unix")
 @pytest.mark.parametrize("attack", ["listar", "msg"])
-def test_memory_stays_bounded_against_a_hostile_server(fakes, attack):
+def test_memory_stays_bounded_against_a_hostile_server(fakes, attack, tmp_path):
     """The session in its own process: peak RSS grows less than 100 MiB (issue 8, item 13)."""
     done = threading.Event()
 
@@ -503,7 +504,9 @@ def test_memory_stays_bounded_against_a_hostile_server(fakes, attack):
 
     fake = fakes(hostile)
     code = textwrap.dedent(f"""
-        import resource, sessao, protocolo, time
+        import resource, sys, time
+        sys.path.insert(0, {str(Path(sessao.__file__).parent)!r})
+        import sessao, protocolo
         before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
         s = sessao.ChatSession(connect_timeout=5, reconnect_delays=())
         s.connect("127.0.0.1", {fake.address[1]}, "eu")
@@ -530,7 +533,9 @@ def test_memory_stays_bounded_against_a_hostile_server(fakes, attack):
         print((after - before) // 1024, got, s.events.most_waiting, end)
         s.close()
     """)
-    done_run = subprocess.run([sys.executable, "-c", code], cwd=Path(sessao.__file__).parent,
+    child = tmp_path / "cliente_hostil.py"
+    child.write_text(code, encoding="utf-8")
+    done_run = subprocess.run(simulacao.python_command(child), cwd=Path(sessao.__file__).parent,
                               capture_output=True, text=True, timeout=90)
     done.set()
     assert done_run.returncode == 0, done_run.stderr
@@ -794,17 +799,20 @@ def test_send_errors_read_as_plain_portuguese(code, expected):
     assert expected in sessao.describe_send_error(error, "ana")
 
 
-def test_session_layer_works_without_tkinter(fakes):
+def test_session_layer_works_without_tkinter(fakes, tmp_path):
     """The session must not need Tk: import it with tkinter made unimportable."""
     fake = fakes(serve_until_released)
     code = (
         "import sys; sys.modules['tkinter'] = None\n"
+        f"sys.path.insert(0, {str(Path(sessao.__file__).parent)!r})\n"
         "import sessao, cliente\n"
         "s = sessao.ChatSession(connect_timeout=5)\n"
         f"s.connect('127.0.0.1', {fake.address[1]}, 'eu')\n"
         "print(s.ping('x').wait(5)); s.close()\n"
     )
-    done = subprocess.run([sys.executable, "-c", code], cwd=Path(sessao.__file__).parent,
+    child = tmp_path / "sem_tk.py"
+    child.write_text(code, encoding="utf-8")
+    done = subprocess.run(simulacao.python_command(child), cwd=Path(sessao.__file__).parent,
                           capture_output=True, text=True, timeout=30)
     assert done.returncode == 0, done.stderr
     assert done.stdout.strip() == "Pong(token='x')"
