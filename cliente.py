@@ -980,6 +980,13 @@ class ConnectPanel:
             "Nenhum servidor respondeu. Digite o endereço abaixo.")
         self.servers_placeholder.place(relx=0.5, rely=0.5, anchor="center")
 
+    def choose_server(self, index: int) -> None:
+        """Select the ``index``-th server found (its address and TLS fill the form)."""
+        rows = self.servers_list.get_children()
+        if 0 <= index < len(rows):
+            self.servers_list.selection_set(rows[index])
+            self._on_server_selected(None)
+
     def _on_server_selected(self, _event: object) -> None:
         selection = self.servers_list.selection()
         server = self.servers.get(selection[0]) if selection else None
@@ -1740,6 +1747,9 @@ class ChatApp:
             master.iconphoto(True, self.icons["window"], self.icons["small"])
         address = host if port == protocolo.DEFAULT_PORT else format_host_port(host, port)
         self.address_var = tk.StringVar(master, address)
+        self._default_address = address if (host, port) == (DEFAULT_HOST,
+                                                             protocolo.DEFAULT_PORT) else None
+        """The address nobody chose: the first server found on the LAN may replace it."""
         self.nick_var = tk.StringVar(master, nick)
         self.password_var = tk.StringVar(master, "")
         self.tls_var = tk.BooleanVar(master, use_tls or bool(tls_ca))
@@ -1899,6 +1909,8 @@ class ChatApp:
             log.warning("falha na descoberta: %s", exc)
             servers = []
         self.panel.show_servers(list(servers), searching=False)
+        if servers and self.address_var.get() == self._default_address:
+            self.panel.choose_server(0)
 
     def connect(self) -> None:
         """Conectar: validate the form in one place, then connect in the background."""
@@ -2642,8 +2654,8 @@ def build_parser() -> argparse.ArgumentParser:
         prog="chat-cliente",
         description="Cliente gráfico do chat em rede local: salas, conversas diretas, "
                     "histórico e confirmação de entrega.",
-        epilog="Sem --host, a janela procura os servidores da rede local e mostra os que "
-               "responderem.")
+        epilog="A janela procura os servidores da rede local (broadcast UDP) e mostra os que "
+               "responderem; se o endereço não foi dado, o primeiro encontrado já vem escolhido.")
     parser.add_argument("--host", default=DEFAULT_HOST, metavar="SERVIDOR",
                         help="servidor: endereço IPv4, IPv6 ou nome; aceita host:porta e "
                              f"[ipv6]:porta (padrão: {DEFAULT_HOST})")

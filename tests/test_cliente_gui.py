@@ -477,6 +477,11 @@ def test_servers_found_on_the_lan_fill_the_address(tk_root, apps):
         assert len(searches) == 2
         assert "Procurando servidores" in app.panel.servers_placeholder.cget("text")
         pump_until(tk_root, lambda: servers.get_children(), TIMEOUT)
+        # A new user who typed nothing gets the server found already chosen.
+        fresh = apps(discover=discover)
+        assert fresh.address_var.get() == "127.0.0.1"
+        pump_until(tk_root, lambda: fresh.address_var.get() == f"127.0.0.1:{port}", TIMEOUT)
+        assert fresh.panel.servers_list.selection()
 
 
 def test_nothing_found_on_the_lan_says_so(tk_root, apps):
