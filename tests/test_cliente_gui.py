@@ -889,7 +889,9 @@ def test_two_thousand_strangers_add_list_entries_never_windows(tk_root, apps):
             assert ana.master.title().startswith(f"({ana.store.total_unread}) ")
             started = time.monotonic()
             ana.close()
-            assert time.monotonic() - started < 3.0  # closing never takes long
+            closing = time.monotonic() - started
+            print(f"fechar a janela depois da enxurrada: {closing:.2f} s")
+            assert closing < 3.0  # closing never takes long
         finally:
             for client in clients:
                 client.close()
