@@ -403,6 +403,8 @@ _ERRNO_TEXTS = (
     (("ENETDOWN", "WSAENETDOWN"), "a rede deste computador está desligada"),
     (("EADDRNOTAVAIL", "WSAEADDRNOTAVAIL"), "o endereço não está disponível neste computador"),
     (("EACCES", "EPERM", "WSAEACCES"), "o sistema não permitiu a conexão (firewall?)"),
+    (("EAFNOSUPPORT", "WSAEAFNOSUPPORT"), "este computador não tem esse tipo de endereço "
+     "(IPv6?) ativo"),
     (("ENOBUFS", "WSAENOBUFS"), "o sistema está sem memória para conexões"),
     (("EMFILE", "ENFILE", "WSAEMFILE"), "o sistema está sem descritores de arquivo livres"),
 )
