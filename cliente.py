@@ -1007,6 +1007,8 @@ class Sidebar:
 
     HEAD_ROOMS = "h:salas"
     HEAD_PEOPLE = "h:pessoas"
+    NOBODY = "h:ninguem"
+    """A placeholder row under Pessoas while nobody else is there (not selectable)."""
 
     def __init__(self, app: ChatApp, parent: tk.Misc) -> None:
         self.app = app
@@ -1043,6 +1045,8 @@ class Sidebar:
         self.tree.tag_configure("unread", foreground="#ffffff", font=fonts["base_bold"])
         self.tree.insert("", "end", iid=self.HEAD_ROOMS, text="SALAS", tags=("heading",))
         self.tree.insert("", "end", iid=self.HEAD_PEOPLE, text="PESSOAS", tags=("heading",))
+        self.tree.tag_configure("placeholder", foreground=SIDEBAR_MUTED, font=fonts["italic"])
+        self._show_nobody(True)
         self.tree.bind("<<TreeviewSelect>>", self._on_select)
         self.tree.bind("<Return>", lambda _e: self.app.start_chat() or "break")
         self.tree.bind("<KP_Enter>", lambda _e: self.app.start_chat() or "break")
@@ -1097,7 +1101,15 @@ class Sidebar:
         if keys:
             online = sum(1 for sort, _ in self._people if sort[0] == 0)
             self.tree.item(self.HEAD_PEOPLE, text=f"PESSOAS · {online} online")
+            self._show_nobody(not self._people)
         return bool(self._dirty)
+
+    def _show_nobody(self, show: bool) -> None:
+        if show and not self.tree.exists(self.NOBODY):
+            self.tree.insert("", "end", iid=self.NOBODY, text="   ninguém mais por aqui",
+                             tags=("placeholder",))
+        elif not show and self.tree.exists(self.NOBODY):
+            self.tree.delete(self.NOBODY)
 
     @property
     def pending(self) -> int:
@@ -1167,6 +1179,7 @@ class Sidebar:
         self._person_sort.clear()
         self._dirty.clear()
         self.tree.item(self.HEAD_PEOPLE, text="PESSOAS")
+        self._show_nobody(True)
 
     # -- selection --
 
