@@ -92,7 +92,6 @@ only bounded recent room history.
 
 from __future__ import annotations
 
-import argparse
 import base64
 import binascii
 import contextlib
@@ -113,6 +112,7 @@ from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Protocol, TextIO
 
+import argumentos
 import protocolo
 
 log = logging.getLogger("armazem")
@@ -1194,37 +1194,19 @@ _EXIT_OK = 0
 _EXIT_NO_ACCOUNT = 1
 _EXIT_USAGE = 2
 
-# argparse's own messages that this parser can produce, in Portuguese.
-_ARGPARSE_TEXTS = (
-    ("expected one argument", "esperado um argumento"),
-    ("not allowed with argument", "não pode ser usado com o argumento"),
-    ("unrecognized arguments", "argumentos não reconhecidos"),
-    ("ambiguous option", "opção ambígua"),
-    ("could match", "pode ser"),
-    ("argument ", "argumento "),
-)
-
-
 class _Exit(Exception):
     def __init__(self, status: int) -> None:
         super().__init__(status)
         self.status = status
 
 
-class _PortugueseFormatter(argparse.HelpFormatter):
-    def add_usage(self, usage, actions, groups, prefix=None) -> None:
-        super().add_usage(usage, actions, groups, prefix="uso: " if prefix is None else prefix)
-
-
-class _AccountsParser(argparse.ArgumentParser):
-    """An ``ArgumentParser`` that speaks Portuguese, writes to given streams, never exits."""
+class _AccountsParser(argumentos.PortugueseArgumentParser):
+    """The Portuguese parser, writing to given streams and never exiting (for tests)."""
 
     def __init__(self, out: TextIO, err: TextIO, **kwargs) -> None:
-        super().__init__(formatter_class=_PortugueseFormatter, add_help=False, **kwargs)
+        super().__init__(**kwargs)
         self._out = out
         self._err = err
-        self._optionals.title = "opções"
-        self._positionals.title = "argumentos"
 
     def print_help(self, file: TextIO | None = None) -> None:
         self._out.write(self.format_help())
@@ -1238,10 +1220,8 @@ class _AccountsParser(argparse.ArgumentParser):
         raise _Exit(status)
 
     def error(self, message: str) -> None:  # type: ignore[override]
-        for english, portuguese in _ARGPARSE_TEXTS:
-            message = message.replace(english, portuguese)
         self.print_usage()
-        self.exit(_EXIT_USAGE, f"{self.prog}: erro: {message}\n")
+        self.exit(_EXIT_USAGE, f"{self.prog}: erro: {argumentos.translate(message)}\n")
 
 
 def _accounts_parser(out: TextIO, err: TextIO) -> _AccountsParser:
@@ -1249,8 +1229,6 @@ def _accounts_parser(out: TextIO, err: TextIO) -> _AccountsParser:
         out, err, prog="servidor.py contas",
         description="Administra as contas do chat no arquivo de dados do servidor. "
                     "Pode ser usado com o servidor rodando.")
-    parser.add_argument("-h", "--help", action="help", default=argparse.SUPPRESS,
-                        help="mostra esta ajuda e sai")
     parser.add_argument("--dados", metavar="CAMINHO", default=None,
                         help=f"arquivo de dados (padrão: {default_data_path()})")
     actions = parser.add_mutually_exclusive_group()

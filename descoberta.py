@@ -27,11 +27,13 @@ import logging
 import math
 import queue
 import socket
+import sys
 import threading
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass
 
+import argumentos
 import protocolo
 import rede
 
@@ -590,3 +592,41 @@ def discover_in_background(port: int = protocolo.DEFAULT_PORT, hosts: Sequence[s
     """Start ``discover`` with these arguments without blocking; see ``DiscoveryInBackground``."""
     return DiscoveryInBackground(port, tuple(hosts), broadcast=broadcast, timeout=timeout,
                                  max_results=max_results)
+
+
+# --------------------------------------------------------------------------
+# Command line: ``python3 descoberta.py`` (or ``python3 chat.pyz descobrir``)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Print the servers found on the LAN; exit 1 when none answered.
+
+    ``nc -u -b`` cannot show the answers (it only reads datagrams from the
+    address it sent to, and servers answer from their own), so this is the
+    way to try discovery by hand, and to name a server to probe directly.
+    """
+
+
+    parser = argumentos.PortugueseArgumentParser(
+        prog="descoberta.py",
+        description="Procura servidores do chat na rede local (UDP, porta do chat).")
+    parser.add_argument("enderecos", nargs="*", metavar="ENDEREÇO",
+                        help="também perguntar diretamente a estes endereços (host ou "
+                             "host:porta), além do broadcast")
+    parser.add_argument("--port", type=int, default=protocolo.DEFAULT_PORT, metavar="PORTA",
+                        help=f"porta dos servidores (padrão: {protocolo.DEFAULT_PORT})")
+    parser.add_argument("--tempo", type=float, default=1.0, metavar="S",
+                        help="segundos esperando respostas (padrão: 1)")
+    args = parser.parse_args(argv)
+    servers = discover(args.port, args.enderecos, timeout=max(0.1, min(args.tempo, 30.0)))
+    if not servers:
+        print("nenhum servidor respondeu. Confira se está na mesma rede e se o firewall da "
+              f"máquina do servidor libera a porta {args.port} (TCP e UDP).")
+        return 1
+    for server in servers:
+        print(server.label)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

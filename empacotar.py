@@ -21,6 +21,8 @@ import tempfile
 import zipapp
 from pathlib import Path
 
+import argumentos
+
 ROOT = Path(__file__).resolve().parent
 DEFAULT_TARGET = ROOT / "dist" / "chat.pyz"
 INTERPRETER = "/usr/bin/env python3"
@@ -45,6 +47,7 @@ uso:
   python3 %(prog)s [opções do cliente]     abre o cliente gráfico
   python3 %(prog)s cliente [opções]        o mesmo
   python3 %(prog)s servidor [opções]       roda o servidor do chat
+  python3 %(prog)s descobrir [endereços]   lista os servidores da rede local
 
 As opções de cada modo:
   python3 %(prog)s cliente --help
@@ -65,6 +68,9 @@ def main(argv):
     if argv[:1] == ["servidor"]:
         import servidor
         return servidor.main(argv[1:])
+    if argv[:1] == ["descobrir"]:
+        import descoberta
+        return descoberta.main(argv[1:])
     if argv[:1] == ["cliente"]:
         argv = argv[1:]
     import cliente
@@ -132,7 +138,7 @@ def build_archive(target: Path, root: Path = ROOT) -> list[str]:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+    parser = argumentos.PortugueseArgumentParser(
         prog="empacotar.py",
         description="Gera um arquivo único (zipapp) com o chat: 'python3 chat.pyz' abre o "
                     "cliente e 'python3 chat.pyz servidor' roda o servidor. Basta o Python "

@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import contextlib
 import ipaddress
+import itertools
 import math
 import select
 import socket
@@ -177,6 +178,17 @@ def send_all(sock: socket.socket, data: bytes, stall_timeout: float) -> None:
 
 MACOS_TCP_KEEPALIVE = 0x10
 """macOS's option number for the keepalive idle time (``<netinet/tcp.h>``)."""
+MACOS_TCP_RXT_CONNDROPTIME = 0x80
+"""macOS: seconds unacknowledged data may wait before the connection is dropped."""
+WINDOWS_TCP_MAXRT = 5
+"""Windows: seconds of retransmission before the connection is dropped (``ws2ipdef.h``)."""
+
+
+def keepalive_bound(idle: float = protocolo.KEEPALIVE_IDLE_S,
+                    interval: float = protocolo.KEEPALIVE_INTERVAL_S,
+                    probes: int = protocolo.KEEPALIVE_PROBES) -> int:
+    """Seconds after which a peer that vanished is given up: idle, then every probe."""
+    return max(1, round(idle)) + probes * max(1, round(interval))
 
 
 def _set_tcp_option(sock: socket.socket, name: str, value: int,
@@ -197,21 +209,30 @@ def enable_keepalive(sock: socket.socket, idle: float = protocolo.KEEPALIVE_IDLE
                      probes: int = protocolo.KEEPALIVE_PROBES) -> str:
     """Turn on TCP keepalive, tuned to these timings where the OS allows; return how.
 
-    Returns "windows" (``SIO_KEEPALIVE_VALS``; Windows fixes the probe count),
-    "macos" (``TCP_KEEPALIVE``), "linux" (``TCP_KEEPIDLE`` and friends, which
-    the BSDs share) or "basic" when only ``SO_KEEPALIVE`` could be set -- the
-    OS defaults then apply (two hours on most systems). A tuning option the
-    OS refuses never raises; failing to turn keepalive on at all does.
+    Returns "windows" (``SIO_KEEPALIVE_VALS``; the probe count only where
+    ``TCP_KEEPCNT`` exists, Windows 10 1703 and later), "macos"
+    (``TCP_KEEPALIVE``), "linux" (``TCP_KEEPIDLE`` and friends, which the BSDs
+    share) or "basic" when only ``SO_KEEPALIVE`` could be set -- the OS
+    defaults then apply (two hours on most systems). A tuning option the OS
+    refuses never raises; failing to turn keepalive on at all does.
+
+    Keepalive only probes an *idle* connection: while sent data waits for an
+    acknowledgement the kernel retransmits instead, for about 15 minutes on
+    Linux. So the same bound is also put on unacknowledged data
+    (``_limit_unacknowledged``): a laptop whose lid closed right after a
+    message reached it goes in ``keepalive_bound`` seconds too.
     """
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_KEEPALIVE, 1)
     seconds_idle = max(1, round(idle))
     seconds_interval = max(1, round(interval))
+    _limit_unacknowledged(sock, keepalive_bound(idle, interval, probes))
     if PLATFORM == "win32" and hasattr(socket, "SIO_KEEPALIVE_VALS") and hasattr(sock, "ioctl"):
         try:
             sock.ioctl(socket.SIO_KEEPALIVE_VALS,
                        (1, max(1, round(idle * 1000)), max(1, round(interval * 1000))))
         except (OSError, ValueError):
             return "basic"
+        _set_tcp_option(sock, "TCP_KEEPCNT", probes)
         return "windows"
     if PLATFORM == "darwin":
         if not _set_tcp_option(sock, "TCP_KEEPALIVE", seconds_idle, MACOS_TCP_KEEPALIVE):
@@ -224,6 +245,23 @@ def enable_keepalive(sock: socket.socket, idle: float = protocolo.KEEPALIVE_IDLE
         _set_tcp_option(sock, "TCP_KEEPCNT", probes)
         return "linux"
     return "basic"
+
+
+def _limit_unacknowledged(sock: socket.socket, seconds: int) -> bool:
+    """Drop the connection when sent data stays unacknowledged for ``seconds``.
+
+    Each system spells it differently, and a wrong option number would set
+    some other option, so the numeric fallbacks are used only on the real
+    system they belong to (``sys.platform``, not the simulated ``PLATFORM``).
+    """
+    if hasattr(socket, "TCP_USER_TIMEOUT"):  # Linux, in milliseconds
+        return _set_tcp_option(sock, "TCP_USER_TIMEOUT", seconds * 1000)
+    if sys.platform == "win32":
+        return _set_tcp_option(sock, "TCP_MAXRT", seconds, WINDOWS_TCP_MAXRT)
+    if sys.platform == "darwin":
+        return _set_tcp_option(sock, "TCP_RXT_CONNDROPTIME", seconds,
+                               MACOS_TCP_RXT_CONNDROPTIME)
+    return False
 
 
 # --------------------------------------------------------------------------
@@ -279,11 +317,32 @@ def _linux_interfaces() -> list[str]:
 
 
 def _linux_ipv4_addresses() -> Iterator[str]:
-    """The IPv4 address of each interface (SIOCGIFADDR), Linux only."""
+    """Every IPv4 address of this host, Linux only.
+
+    ``SIOCGIFADDR`` gives one address per interface; ``/proc/net/fib_trie``
+    also lists the second and later ones (``/32 host LOCAL`` entries).
+    """
     for name in _linux_interfaces():
         answer = _linux_interface_ioctl(_SIOCGIFADDR, name)
         if answer is not None:
             yield socket.inet_ntoa(answer[20:24])
+    yield from _fib_trie_local_addresses()
+
+
+def _fib_trie_local_addresses(path: str = "/proc/net/fib_trie") -> Iterator[str]:
+    """The local IPv4 addresses listed in Linux's routing trie."""
+    if not PLATFORM.startswith("linux"):
+        return
+    try:
+        with open(path, encoding="ascii") as trie:
+            lines = trie.read().splitlines()
+    except OSError:
+        return
+    for previous, line in itertools.pairwise(lines):
+        if line.strip() == "/32 host LOCAL" and "|--" in previous:
+            address = previous.split("|--", 1)[1].strip()
+            with contextlib.suppress(ValueError):
+                yield str(ipaddress.IPv4Address(address))
 
 
 def _linux_ipv6_addresses() -> Iterator[str]:

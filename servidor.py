@@ -56,6 +56,7 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from typing import ClassVar
 
+import argumentos
 import armazem
 import descoberta
 import diario
@@ -1287,8 +1288,8 @@ class ClientConnection:
             reason = self._serve()
         except (ssl.SSLError, ConnectionError) as exc:
             reason = f"falha de rede: {exc}"
-        except TimeoutError:
-            reason = "tempo esgotado"
+        except TimeoutError:  # keepalive or unacknowledged data: the peer vanished
+            reason = "sem resposta da rede (a máquina do cliente sumiu?)"
         except OSError as exc:
             reason = f"falha de rede: {exc.strerror or exc}"
         except Exception:
@@ -2164,20 +2165,20 @@ class Servidor:
             self._start_discovery(port)
 
     def _start_discovery(self, port: int) -> None:
-        host = self.config.host if self.config.host not in ("", "::") else ""
-        if ":" in host:
-            return  # the discovery datagrams are IPv4 broadcasts
+        """Answer DESCOBRIR on the same port, on every IPv4 interface (as the contract says).
+
+        Always every interface: a socket bound to one unicast address never
+        hears broadcasts, so ``--host`` does not narrow this down.
+        """
         self.discovery = descoberta.DiscoveryResponder(
             port, self.config.tls_context is not None,
-            self.config.name or socket.gethostname(), host=host)
+            self.config.name or socket.gethostname())
         try:
             self.discovery.start()
         except OSError as exc:
             log.warning("descoberta na rede local desligada: porta UDP %d indisponível (%s)",
                         port, exc.strerror or exc)
             self.discovery = None
-        else:
-            log.info("respondendo a DESCOBRIR na porta UDP %d", port)
 
     def stop(self) -> None:
         """Stop accepting, flush queued output (bounded), close everything; within ~3 s."""
@@ -2461,25 +2462,9 @@ def _number(kind: type, minimum: float = 0, maximum: float | None = None
     return convert
 
 
-class _PortugueseHelpFormatter(argparse.HelpFormatter):
-    """argparse's help in Portuguese (its own words are English)."""
-
-    def add_usage(self, usage, actions, groups, prefix=None) -> None:
-        super().add_usage(usage, actions, groups, "uso: " if prefix is None else prefix)
-
-
-def _portuguese_parser(**kwargs: object) -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(formatter_class=_PortugueseHelpFormatter, add_help=False,
-                                     **kwargs)
-    parser._positionals.title = "argumentos"
-    parser._optionals.title = "opções"
-    parser.add_argument("-h", "--help", action="help", help="mostra esta ajuda e sai")
-    return parser
-
-
 def build_parser() -> argparse.ArgumentParser:
     d = ServerConfig()
-    parser = _portuguese_parser(
+    parser = argumentos.PortugueseArgumentParser(
         prog="servidor.py",
         description="Servidor do chat (protocolo de linhas sobre TCP). Para administrar as "
                     "contas: servidor.py contas --help",
@@ -2538,7 +2523,9 @@ def build_parser() -> argparse.ArgumentParser:
              f"{off} (padrão: {d.register_timeout:g})")
     add("--keepalive", type=_number(float, 1), default=d.keepalive_idle, metavar="S",
         help="segundos de silêncio antes de sondar um cliente (TCP keepalive); quem sumiu da "
-             f"rede sai em cerca de 1,8 × S (padrão: {d.keepalive_idle:g})")
+             f"rede sai em S + {protocolo.KEEPALIVE_PROBES} × S/6 s, com pelo menos 1 s entre "
+             f"sondas (padrão: {d.keepalive_idle:g}, ou seja, "
+             f"{rede.keepalive_bound(d.keepalive_idle, d.keepalive_idle / 6)} s)")
     add("--tls-cert", metavar="ARQUIVO", help="certificado (PEM) para servir só TLS")
     add("--tls-key", metavar="ARQUIVO", help="chave privada (PEM) do certificado")
     add("--log-level", default="INFO", choices=["DEBUG", "INFO", "WARNING", "ERROR"],

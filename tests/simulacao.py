@@ -44,6 +44,7 @@ from pathlib import Path
 ENVIRONMENT_VARIABLE = "CHAT_SIMULAR_PLATAFORMA"
 MODES = ("windows", "macos")
 WINDOWS_SIO_KEEPALIVE_VALS = 0x98000004
+WINDOWS_KEEPALIVE_PROBES = 10
 """The real value on Windows (only its presence matters here)."""
 
 LINUX_TCP_KEEPIDLE = getattr(socket, "TCP_KEEPIDLE", 4)
@@ -52,12 +53,12 @@ LINUX_TCP_KEEPCNT = getattr(socket, "TCP_KEEPCNT", 6)
 """Captured before ``apply`` deletes them: the fakes and the tests need the numbers."""
 
 _WINDOWS_MISSING_SOCKET_NAMES = (
-    "MSG_DONTWAIT", "TCP_KEEPIDLE", "TCP_KEEPINTVL", "TCP_KEEPCNT", "SO_REUSEPORT",
-    "AF_UNIX", "SO_PEERCRED", "SCM_RIGHTS", "send_fds", "recv_fds",
+    "MSG_DONTWAIT", "TCP_KEEPIDLE", "TCP_KEEPINTVL", "TCP_KEEPCNT", "TCP_USER_TIMEOUT",
+    "SO_REUSEPORT", "AF_UNIX", "SO_PEERCRED", "SCM_RIGHTS", "send_fds", "recv_fds",
 )
 _WINDOWS_MISSING_SELECT_NAMES = ("poll", "epoll", "devpoll", "kqueue", "POLLIN", "POLLOUT",
                                  "POLLPRI", "POLLERR", "POLLHUP", "POLLNVAL")
-_MACOS_MISSING_SOCKET_NAMES = ("TCP_KEEPIDLE",)
+_MACOS_MISSING_SOCKET_NAMES = ("TCP_KEEPIDLE", "TCP_USER_TIMEOUT")
 _MACOS_MISSING_SELECT_NAMES = ("epoll", "devpoll")
 
 applied_mode: str | None = None
@@ -91,6 +92,8 @@ def _fake_windows_ioctl(self: socket.socket, control: int, option: object) -> No
     if onoff:
         self.setsockopt(socket.IPPROTO_TCP, LINUX_TCP_KEEPIDLE, max(1, idle_ms // 1000))
         self.setsockopt(socket.IPPROTO_TCP, LINUX_TCP_KEEPINTVL, max(1, interval_ms // 1000))
+        # Without TCP_KEEPCNT (before Windows 10 1703) Windows sends 10 probes.
+        self.setsockopt(socket.IPPROTO_TCP, LINUX_TCP_KEEPCNT, WINDOWS_KEEPALIVE_PROBES)
 
 
 def _select_without_descriptor_limit(readers: list, writers: list, failed: list,

@@ -1102,7 +1102,7 @@ def test_cli_help_is_in_portuguese():
 @pytest.mark.parametrize(("argv", "expected"), [
     ([], "indique --listar ou --remover APELIDO"),
     (["--listar", "--remover", "ana"], "não pode ser usado com o argumento"),
-    (["--remover"], "esperado um argumento"),
+    (["--remover"], "falta o valor"),
     (["--listar", "--xyz"], "argumentos não reconhecidos: --xyz"),
 ])
 def test_cli_bad_usage_exits_2_in_portuguese(tmp_path: Path, argv: list[str], expected: str):

@@ -343,8 +343,10 @@ def test_discover_ignores_junk_answers_and_cleans_names() -> None:
 def test_discover_caps_the_results() -> None:
     many = [f"SERVIDOR {port} 0 s{port}\n".encode() for port in range(2000, 2100)]
     with fake_server(many) as port:
-        found = descoberta.discover(port, ["127.0.0.1"], broadcast=False, timeout=1,
-                                    max_results=7)
+        # A second, silent host keeps discover from returning as soon as the
+        # only named one answered: it must be the cap that stops it at 7.
+        found = descoberta.discover(port, ["127.0.0.1", "127.0.0.9"], broadcast=False,
+                                    timeout=1, max_results=7)
     assert len(found) == 7
     assert len({(s.host, s.port) for s in found}) == 7
 

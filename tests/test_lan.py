@@ -363,11 +363,6 @@ def test_lan_a_vanished_recipient_that_others_send_to_is_dropped_and_frees_them(
         assert bruno.request("ENVIAR ana alguém aí?").startswith("ERRO NAO_ENCONTRADO")
 
 
-@pytest.mark.xfail(strict=True, raises=TimeoutError, reason=(
-    "servidor.py só usa TCP keepalive, que não sonda enquanto há dados enviados sem "
-    "confirmação: o kernel retransmite por ~15 min (tcp_retries2) antes de desistir. "
-    "Falta limitar esse tempo (TCP_USER_TIMEOUT no Linux, TCP_MAXRT no Windows, "
-    "TCP_RXT_CONNDROPTIME no macOS) ao mesmo limite do keepalive."))
 def test_lan_a_client_that_vanishes_after_one_message_is_removed_within_the_bound(
         hosts, tmp_path) -> None:
     """The commonest case: the lid closes, a friend sends one "are you there?"."""

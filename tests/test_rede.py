@@ -280,13 +280,24 @@ def test_keepalive_takes_effect_on_a_real_socket(idle: int, interval: int, probe
 
 def test_keepalive_defaults_are_the_protocols(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(rede, "PLATFORM", "linux")
-    for name, number in (("TCP_KEEPIDLE", 4), ("TCP_KEEPINTVL", 5), ("TCP_KEEPCNT", 6)):
+    for name, number in (("TCP_KEEPIDLE", 4), ("TCP_KEEPINTVL", 5), ("TCP_KEEPCNT", 6),
+                         ("TCP_USER_TIMEOUT", 18)):
         monkeypatch.setattr(socket, name, number, raising=False)
     sock = FakeSocket()
     assert rede.enable_keepalive(sock) == "linux"
     assert sock.options == {KEEPALIVE: 1, (socket.IPPROTO_TCP, 4): protocolo.KEEPALIVE_IDLE_S,
                             (socket.IPPROTO_TCP, 5): protocolo.KEEPALIVE_INTERVAL_S,
-                            (socket.IPPROTO_TCP, 6): protocolo.KEEPALIVE_PROBES}
+                            (socket.IPPROTO_TCP, 6): protocolo.KEEPALIVE_PROBES,
+                            # unacknowledged data: the same bound, in milliseconds
+                            (socket.IPPROTO_TCP, 18): rede.keepalive_bound() * 1000}
+
+
+@pytest.mark.skipif(not hasattr(socket, "TCP_USER_TIMEOUT"), reason="opção só do Linux")
+def test_unacknowledged_data_gets_the_keepalive_bound_on_a_real_socket() -> None:
+    """Keepalive does not probe while data waits for an ACK: this bound covers that case."""
+    with socket.socket() as sock:
+        rede.enable_keepalive(sock, idle=2, interval=1, probes=5)
+        assert sock.getsockopt(socket.IPPROTO_TCP, socket.TCP_USER_TIMEOUT) == 7000
 
 
 def test_windows_keepalive_uses_the_ioctl_in_milliseconds(monkeypatch: pytest.MonkeyPatch
@@ -308,6 +319,7 @@ def test_windows_keepalive_refused_falls_back_to_basic(monkeypatch: pytest.Monke
 
 
 def test_macos_keepalive_uses_tcp_keepalive_0x10(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delattr(socket, "TCP_USER_TIMEOUT", raising=False)  # Linux only
     monkeypatch.setattr(rede, "PLATFORM", "darwin")
     monkeypatch.delattr(socket, "TCP_KEEPALIVE", raising=False)
     monkeypatch.setattr(socket, "TCP_KEEPINTVL", 0x101, raising=False)
@@ -319,6 +331,7 @@ def test_macos_keepalive_uses_tcp_keepalive_0x10(monkeypatch: pytest.MonkeyPatch
 
 
 def test_macos_keepalive_without_interval_and_count(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delattr(socket, "TCP_USER_TIMEOUT", raising=False)  # Linux only
     monkeypatch.setattr(rede, "PLATFORM", "darwin")
     monkeypatch.delattr(socket, "TCP_KEEPINTVL", raising=False)
     monkeypatch.delattr(socket, "TCP_KEEPCNT", raising=False)
@@ -328,6 +341,7 @@ def test_macos_keepalive_without_interval_and_count(monkeypatch: pytest.MonkeyPa
 
 
 def test_basic_keepalive_when_nothing_else_exists(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delattr(socket, "TCP_USER_TIMEOUT", raising=False)  # Linux only
     monkeypatch.setattr(rede, "PLATFORM", "sunos5")
     monkeypatch.delattr(socket, "TCP_KEEPIDLE", raising=False)
     sock = FakeSocket()
@@ -585,3 +599,22 @@ def test_python_command_simulates_child_processes_too(monkeypatch: pytest.Monkey
     assert done.returncode == 0, done.stderr
     native = f"{sys.platform} True"
     assert done.stdout.strip() == f"{expected or native} ['a', 'b']"
+
+
+def test_every_local_ipv4_address_is_read_from_the_routing_trie(tmp_path, monkeypatch):
+    """An interface's second address is not in SIOCGIFADDR; the trie lists it."""
+    trie = tmp_path / "fib_trie"
+    trie.write_text(
+        "Local:\n  +-- 0.0.0.0/0 3 0 5\n"
+        "           |-- 127.0.0.1\n              /32 host LOCAL\n"
+        "           |-- 10.78.0.9\n              /32 host LOCAL\n"
+        "           |-- 10.78.0.255\n              /32 link BROADCAST\n"
+        "           |-- 192.0.2.2\n              /32 host LOCAL\n", encoding="ascii")
+    monkeypatch.setattr(rede, "PLATFORM", "linux")
+    assert list(rede._fib_trie_local_addresses(str(trie))) == [
+        "127.0.0.1", "10.78.0.9", "192.0.2.2"]
+
+
+def test_keepalive_bound_is_idle_plus_every_probe():
+    assert rede.keepalive_bound(60, 10, 5) == 110
+    assert rede.keepalive_bound(2, 2 / 6, 5) == 7  # at least a second between probes
