@@ -36,6 +36,7 @@ import zlib
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 
+import argumentos
 import protocolo
 import sessao
 from protocolo import ErrorCode
@@ -2626,44 +2627,11 @@ class ChatApp:
 
 
 # --------------------------------------------------------------------------
-# Command line, in Portuguese
-
-
-class _PortugueseFormatter(argparse.HelpFormatter):
-    def add_usage(self, usage, actions, groups, prefix=None):  # type: ignore[no-untyped-def]
-        return super().add_usage(usage, actions, groups, "uso: " if prefix is None else prefix)
-
-
-_ARGPARSE_TEXTS = (
-    ("the following arguments are required", "faltam os argumentos"),
-    ("unrecognized arguments", "argumentos não reconhecidos"),
-    ("expected one argument", "falta o valor"),
-    ("invalid choice", "escolha inválida"),
-    ("argument ", "opção "),
-    ("ignored explicit argument", "valor não esperado"),
-)
-
-
-class PortugueseArgumentParser(argparse.ArgumentParser):
-    """argparse with its own words in Portuguese (``uso:``, ``opções``, ``erro:``)."""
-
-    def __init__(self, **options: object) -> None:
-        super().__init__(formatter_class=_PortugueseFormatter, add_help=False,
-                         **options)  # type: ignore[arg-type]
-        self._optionals.title = "opções"
-        self._positionals.title = "argumentos"
-        self.add_argument("-h", "--help", action="help", default=argparse.SUPPRESS,
-                          help="mostra esta ajuda e sai")
-
-    def error(self, message: str) -> None:  # type: ignore[override]
-        for english, portuguese in _ARGPARSE_TEXTS:
-            message = message.replace(english, portuguese)
-        self.print_usage(sys.stderr)
-        self.exit(2, f"{self.prog}: erro: {message}\n")
+# Command line, in Portuguese (argumentos.py)
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = PortugueseArgumentParser(
+    parser = argumentos.PortugueseArgumentParser(
         prog="chat-cliente",
         description="Cliente gráfico do chat em rede local: salas, conversas diretas, "
                     "histórico e confirmação de entrega.",
