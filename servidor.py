@@ -1102,7 +1102,6 @@ class MessageLog:
         self._deliver = deliver
         self.deliver_lock = threading.Lock()
         self._cond = threading.Condition()  # guards _queue; wakes the committer
-        self._done = threading.Condition()  # wakes connections waiting for their batches
         self._queue: list[Ticket] = []
         self._stopping = False
         self._thread: threading.Thread | None = None
@@ -1120,11 +1119,19 @@ class MessageLog:
         if self._thread is not None:
             self._thread.join(timeout)
 
-    def wait(self, ticket: Ticket, stop: threading.Event) -> None:
-        """Wait until ``ticket`` is stored and answered, or ``stop`` is set."""
-        with self._done:
-            while not ticket.done and not stop.is_set():
-                self._done.wait(1.0)
+    @staticmethod
+    def wait(ticket: Ticket, stop: threading.Event) -> None:
+        """Wait until ``ticket`` is stored and answered, or ``stop`` is set.
+
+        Each connection waits on its own event, so a finished group wakes
+        exactly the connections that wait for it.
+        """
+        event = ticket.connection.batch_done
+        while not stop.is_set():
+            event.clear()
+            if ticket.done:
+                return
+            event.wait(1.0)
 
     def submit(self, ticket: Ticket) -> None:
         """Hand a batch over; ``ticket.done`` is set once it is stored and answered."""
@@ -1164,9 +1171,8 @@ class MessageLog:
         finally:
             for ticket in tickets:
                 ticket.done = True
-            if self._thread is not None:
-                with self._done:
-                    self._done.notify_all()
+                if self._thread is not None:
+                    ticket.connection.batch_done.set()
 
     def _store_and_deliver(self, tickets: list[Ticket], deliveries: Deliveries) -> None:
         outgoing = [slot for ticket in tickets for slot in ticket.slots if type(slot) is Outgoing]
@@ -1263,6 +1269,8 @@ class ClientConnection:
             else None
         self.thread = threading.Thread(target=self.run, daemon=True, name=f"conexao-{self.name}")
         self.stopping = threading.Event()
+        self.batch_done = threading.Event()
+        """Set by the message log when one of this connection's batches is answered."""
         self._close_lock = threading.Lock()
         self._closed = False
         self._quitting = False
