@@ -1027,7 +1027,9 @@ def _open_error(path: str, exc: sqlite3.Error) -> StoreError:
 class MemoryStore:
     """The ``--efemero`` store: nothing on disk, no accounts, recent room history only.
 
-    Ids come from a counter. Room messages are kept in one ring of
+    Ids come from a counter that starts at the clock in microseconds, so
+    they keep increasing across restarts (clients that remember ids from
+    before a restart are not confused). Room messages are kept in one ring of
     ``ROOM_HISTORY_LIMIT`` per room, for at most ``MAX_MEMORY_ROOMS`` rooms
     (the least recently written is dropped); direct messages are numbered
     and forgotten, since without accounts there is no offline delivery and
@@ -1041,7 +1043,7 @@ class MemoryStore:
     def __init__(self, clock: Callable[[], float] = time.time) -> None:
         self._clock = clock
         self._lock = threading.Lock()
-        self._last_id = 0
+        self._last_id = int(clock() * 1_000_000)
         self._rooms: OrderedDict[str, deque[StoredMessage]] = OrderedDict()
 
     def __repr__(self) -> str:

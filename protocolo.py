@@ -258,10 +258,14 @@ def room_key(name: str) -> str:
     return "#" + nick_key(name[1:])
 
 
+_PASSWORD_REFUSED_RE = re.compile(r"[\x00-\x20\x7f-\x9f]")
+"""Controls (TAB included) and the space: a password is one token on the wire."""
+
+
 def valid_password(password: str) -> bool:
-    """6-128 characters (not bytes), none of them a control character."""
+    """6-128 characters (not bytes): one token, none of them a control character."""
     return (MIN_PASSWORD_CHARS <= len(password) <= MAX_PASSWORD_CHARS
-            and _CONTROL_RE.search(password) is None)
+            and _PASSWORD_REFUSED_RE.search(password) is None)
 
 
 def valid_ip(text: str) -> bool:

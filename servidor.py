@@ -2163,14 +2163,15 @@ class Servidor:
         self._maintenance_thread.start()
         self.messages.start()
         port = self.address[1]
+        if self.config.discovery:
+            self._start_discovery(port)
+        # Last: the line that says the server is up comes when every thread is.
         for listener in self._listeners:
             host = listener.getsockname()[0]
             where = {"::": "todas as interfaces (IPv4 e IPv6)",
                      "0.0.0.0": "todas as interfaces (IPv4)"}.get(host, host)
             log.info("servidor escutando em %s porta %d%s", where, port,
                      " (TLS)" if self.config.tls_context else "")
-        if self.config.discovery:
-            self._start_discovery(port)
 
     def _start_discovery(self, port: int) -> None:
         """Answer DESCOBRIR on the same port, on every IPv4 interface (as the contract says).

@@ -378,21 +378,24 @@ def test_memory_store_numbers_everything_and_keeps_room_history_only():
     assert (memory.durable, memory.accounts_enabled, memory.path) == (False, False, None)
     assigned = memory.append_messages([room("ana", "#geral", "a"), dm("ana", "bia", "b"),
                                        room("bia", "#geral", "c")])
-    assert assigned == [(1, 1_800_000_000_000), (2, 1_800_000_000_000),
-                        (3, 1_800_000_000_000)]
+    # Ids start from the clock in microseconds: they keep growing across restarts.
+    first = 1_800_000_000_000_000 + 1
+    assert assigned == [(first, 1_800_000_000_000), (first + 1, 1_800_000_000_000),
+                        (first + 2, 1_800_000_000_000)]
     assert [m.text for m in memory.history_room("#geral")] == ["a", "c"]
-    assert ids_of(memory.history_room("#geral", before_id=3)) == [1]
-    assert ids_of(memory.history_room("#geral", limit=1)) == [3]
+    assert ids_of(memory.history_room("#geral", before_id=first + 2)) == [first]
+    assert ids_of(memory.history_room("#geral", limit=1)) == [first + 2]
     assert memory.history_room("#geral", limit=0) == []
-    assert memory.newest_id() == 3
+    assert memory.newest_id() == first + 2
+    assert MemoryStore(clock=FakeClock()).append_messages([dm("a", "b", "x")])[0][0] >= first
     assert memory.history_pair("ana", "bia") == []
     assert memory.pending_messages("bia") == [] and memory.pending_count("bia") == 0
     assert not memory.create_account("ana", "Ana", "r")
     assert memory.get_account("ana") is None and memory.password_record("ana") is None
     assert memory.list_accounts() == [] and not memory.remove_account("ana")
     assert not memory.set_password_record("ana", "r")
-    assert memory.mark_received("ana", 3) == [] and memory.receipts_due("ana") == []
-    memory.mark_receipts_sent([1])
+    assert memory.mark_received("ana", first) == [] and memory.receipts_due("ana") == []
+    memory.mark_receipts_sent([first])
     assert memory.prune() == 0
     memory.close()
 

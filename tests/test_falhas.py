@@ -208,7 +208,7 @@ def test_client_sessions_report_a_killed_server_and_reconnect_once_it_is_back():
             ana.send_message("bruno", "voltei")
             reply = wait_event(ana, lambda e: isinstance(e, cliente.Reply)
                                and isinstance(e.request, cliente.protocolo.Send))
-            assert isinstance(reply.result, cliente.protocolo.Ok)
+            assert isinstance(reply.result, cliente.protocolo.OkMessage)  # version 2
             message = wait_event(bruno, cliente.protocolo.Message)
             assert (message.sender, message.text) == ("ana", "voltei")
         finally:

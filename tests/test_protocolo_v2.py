@@ -135,7 +135,7 @@ def test_room_key_folds_like_nicknames_and_keeps_the_hash():
 @pytest.mark.parametrize(("password", "valid"), [
     ("segredo", True), ("123456", True), ("x" * 128, True), ("ã" * 128, True),
     ("12345", False), ("x" * 129, False), ("abc\x00def", False), ("abc\x1bdef", False),
-    ("abc\x85def", False),
+    ("abc\x85def", False), ("abc def", False), ("abc\tdef", False),
 ])
 def test_password_rules_count_characters(password, valid):
     assert protocolo.valid_password(password) is valid
