@@ -999,10 +999,11 @@ class Outgoing:
 
     __slots__ = ("chat_room", "connection", "error", "message_id", "raw_text", "room", "sender",
                  "sender_bytes", "sender_key", "target", "target_key", "text", "time_ms",
-                 "wants_receipt")
+                 "to_account", "wants_receipt")
 
     def __init__(self, connection: ClientConnection, target_key: str, target: str, text: str,
-                 raw_text: bytes, chat_room: Room | None, wants_receipt: bool) -> None:
+                 raw_text: bytes, chat_room: Room | None, to_account: bool,
+                 wants_receipt: bool) -> None:
         self.connection = connection
         self.sender_key = connection.key
         self.sender = connection.nick  # as it was when the message was accepted
@@ -1013,6 +1014,7 @@ class Outgoing:
         self.raw_text = raw_text
         self.room = chat_room is not None
         self.chat_room = chat_room
+        self.to_account = to_account
         self.wants_receipt = wants_receipt
         self.message_id = 0
         self.time_ms = 0
@@ -1036,32 +1038,37 @@ class Deliveries:
     (``Ticket.congested``), so they wait for it.
     """
 
-    __slots__ = ("_by_recipient",)
+    __slots__ = ("_ids", "_lines", "_tickets")
 
     def __init__(self) -> None:
-        self._by_recipient: dict[int, list] = {}  # id -> [recipient, lines, newest id, tickets]
+        self._lines: dict[ClientConnection, list[bytes]] = {}
+        self._tickets: dict[ClientConnection, list[Ticket]] = {}
+        self._ids: dict[ClientConnection, int] = {}  # newest id for a version-1 account
 
     def add(self, recipient: ClientConnection, line: bytes, ticket: Ticket,
             message_id: int = 0) -> None:
         """Queue ``line`` for ``recipient``; ``message_id`` tracks a version-1 account's cursor."""
-        entry = self._by_recipient.get(id(recipient))
-        if entry is None:
-            entry = self._by_recipient[id(recipient)] = [recipient, [], 0, {}]
-        entry[1].append(line)
+        lines = self._lines.get(recipient)
+        if lines is None:
+            self._lines[recipient] = [line]
+            self._tickets[recipient] = [ticket]
+        else:
+            lines.append(line)
+            tickets = self._tickets[recipient]
+            if tickets[-1] is not ticket:
+                tickets.append(ticket)
         if message_id:
-            entry[2] = message_id
-        entry[3][id(ticket)] = ticket
+            self._ids[recipient] = message_id
 
     def put_all(self) -> list[ClientConnection]:
         """Append everything to the recipients' outboxes; returns the recipients."""
-        recipients = []
-        for recipient, lines, message_id, tickets in self._by_recipient.values():
+        ids = self._ids
+        for recipient, lines in self._lines.items():
             data = lines[0] if len(lines) == 1 else b"".join(lines)
-            if not recipient.push(data, message_id):
-                for ticket in tickets.values():
+            if not recipient.push(data, ids.get(recipient, 0)):
+                for ticket in self._tickets[recipient]:
                     ticket.congested.append(recipient)
-            recipients.append(recipient)
-        return recipients
+        return list(self._lines)
 
 
 class Ticket:
@@ -1496,23 +1503,21 @@ class ClientConnection:
 
     def _answer(self, raw: bytes | protocolo.LineTooLong) -> None:
         """Answer one line: a reply queued, an ENVIAR on its way, or nothing (blank)."""
-        if raw is not protocolo.LINE_TOO_LONG and not raw.strip(b" "):
-            return  # blank: no reply (it was paid for in the address's budget)
-        if self._deadline:  # a request restarts the TEMPO clock (a blank line does not)
-            self._deadline = time.monotonic() + self.config.register_timeout
-        if self.bucket is not None and not self.bucket.take():
-            self._reply(protocolo.format_error(
-                ErrorCode.LIMITE, "muitos comandos por segundo; comando ignorado"))
-            return
         if raw is protocolo.LINE_TOO_LONG:
-            self._reply(protocolo.format_error(
-                ErrorCode.LINHA_LONGA, f"linha maior que {self.config.max_line} bytes"))
+            if self._admitted():
+                self._reply(protocolo.format_error(
+                    ErrorCode.LINHA_LONGA, f"linha maior que {self.config.max_line} bytes"))
+            return
+        plain = protocolo.parse_plain_send(raw)
+        if plain is not None:  # the hot path: an ordinary ENVIAR
+            if self._admitted():
+                self._queue_send(*plain)
+            return
+        if not raw.strip(b" "):
+            return  # blank: no reply (it was paid for in the address's budget)
+        if not self._admitted():
             return
         try:
-            plain = protocolo.parse_plain_send(raw)
-            if plain is not None:  # the hot path
-                self._queue_send(*plain)
-                return
             request = protocolo.parse_request(protocolo.decode_line(raw))
             if request is None:
                 return
@@ -1527,6 +1532,20 @@ class ClientConnection:
         if self._after_reply is not None:
             after, self._after_reply = self._after_reply, None
             after()
+
+    def _admitted(self) -> bool:
+        """Count a request against the rate limit; False (and LIMITE queued) when over it.
+
+        A request also restarts the TEMPO clock of an unregistered connection
+        (a blank line does not).
+        """
+        if self._deadline:
+            self._deadline = time.monotonic() + self.config.register_timeout
+        if self.bucket is not None and not self.bucket.take():
+            self._reply(protocolo.format_error(
+                ErrorCode.LIMITE, "muitos comandos por segundo; comando ignorado"))
+            return False
+        return True
 
     def _reply(self, line: bytes) -> None:
         """Queue a reply, in order with the ENVIAR answers still waiting for the store."""
@@ -1557,10 +1576,11 @@ class ClientConnection:
                                 "um registro só de diretório não participa de salas")
 
     def _queue_send(self, target: str, text: str, raw_text: bytes) -> None:
-        """Check an ENVIAR and put it on its way; its answer comes after the commit."""
+        """Check an ENVIAR and put it on its way; its answer comes after the store."""
         try:
-            self._require_registration()
-            if protocolo.is_room(target):
+            if self.key is None:
+                self._require_registration()
+            if target.startswith("#"):
                 outgoing = self._outgoing_to_room(target, text, raw_text)
             else:
                 outgoing = self._outgoing_to_nick(target, text, raw_text)
@@ -1578,7 +1598,7 @@ class ClientConnection:
         room = self.rooms.get(protocolo.room_key(name))
         if room is None:
             raise ProtocolError(ErrorCode.NAO_MEMBRO, f"entre em {name} antes (ENTRAR {name})")
-        return Outgoing(self, room.key, room.name, text, raw_text, room, False)
+        return Outgoing(self, room.key, room.name, text, raw_text, room, False, False)
 
     def _outgoing_to_nick(self, nick: str, text: str, raw_text: bytes) -> Outgoing:
         key = protocolo.nick_key(nick)
@@ -1587,7 +1607,8 @@ class ClientConnection:
             if not entry.relay:
                 raise ProtocolError(ErrorCode.SO_DIRETO,
                                     f"{entry.nick} está só no diretório e não recebe mensagens")
-            self._wait_for_recipient(entry)
+            if entry.connection.outbox.congested:
+                self._wait_for_recipient(entry)
             target, account = entry.nick, entry.account
         elif key in self._dropped_while_waiting:
             self._dropped_while_waiting.discard(key)
@@ -1597,7 +1618,7 @@ class ClientConnection:
             target = self._offline_account(nick, key)
             account = True
         wants_receipt = self.version >= 2 and self.account and account
-        return Outgoing(self, key, target, text, raw_text, None, wants_receipt)
+        return Outgoing(self, key, target, text, raw_text, None, account, wants_receipt)
 
     def _offline_account(self, nick: str, key: str) -> str:
         """The account's nickname if ``nick`` is an offline account that may take one more."""
@@ -1623,7 +1644,7 @@ class ClientConnection:
         ``stall_timeout`` is dropped, and the sender told.
         """
         recipient = entry.connection
-        if not recipient.outbox.congested or recipient is self:
+        if recipient is self:
             return
         self._settle_sends()
         self._flush_touched()
@@ -2318,36 +2339,37 @@ class Servidor:
 
     def _deliver(self, item: Outgoing, deliveries: Deliveries, ticket: Ticket) -> None:
         """Queue a stored message for its recipients (the message log holds its lock)."""
-        sender = item.connection
-        if item.chat_room is not None:
-            v1_line = v2_line = None
-            for member in item.chat_room.members:
-                if member is sender:
-                    continue
-                if member.version >= 2:
-                    if v2_line is None:
-                        v2_line = protocolo.format_msg_v2(item.message_id, item.time_ms,
-                                                          item.sender, item.target, item.text)
-                    deliveries.add(member, v2_line, ticket)
-                else:
-                    if v1_line is None:
-                        v1_line = protocolo.format_msg_bytes(
-                            item.sender_bytes, item.target.encode(), item.raw_text)
-                    deliveries.add(member, v1_line, ticket)
+        if item.chat_room is None:
+            entry = self.registry.get(item.target_key)
+            if entry is None or not entry.relay:
+                return  # offline: an account finds it in the store when it comes back
+            recipient = entry.connection
+            if not recipient.live:
+                return  # catching up: it reads this one from the store
+            if recipient.version >= 2:
+                deliveries.add(recipient, protocolo.format_msg_v2(
+                    item.message_id, item.time_ms, item.sender, entry.nick, item.text), ticket)
+            else:
+                line = protocolo.format_msg_bytes(item.sender_bytes, recipient.nick_bytes,
+                                                  item.raw_text)
+                deliveries.add(recipient, line, ticket,
+                               item.message_id if recipient.account else 0)
             return
-        entry = self.registry.get(item.target_key)
-        if entry is None or not entry.relay:
-            return  # offline: an account finds it in the store when it comes back
-        recipient = entry.connection
-        if not recipient.live:
-            return  # catching up: it reads this one from the store
-        if recipient.version >= 2:
-            deliveries.add(recipient, protocolo.format_msg_v2(
-                item.message_id, item.time_ms, item.sender, entry.nick, item.text), ticket)
-        else:
-            line = protocolo.format_msg_bytes(item.sender_bytes, recipient.nick_bytes,
-                                              item.raw_text)
-            deliveries.add(recipient, line, ticket, item.message_id if recipient.account else 0)
+        sender = item.connection
+        v1_line = v2_line = None
+        for member in item.chat_room.members:
+            if member is sender:
+                continue
+            if member.version >= 2:
+                if v2_line is None:
+                    v2_line = protocolo.format_msg_v2(item.message_id, item.time_ms,
+                                                      item.sender, item.target, item.text)
+                deliveries.add(member, v2_line, ticket)
+            else:
+                if v1_line is None:
+                    v1_line = protocolo.format_msg_bytes(
+                        item.sender_bytes, item.target.encode(), item.raw_text)
+                deliveries.add(member, v1_line, ticket)
 
     # -- cursors and receipts --
 

@@ -962,8 +962,8 @@ def test_reads_go_on_while_a_write_transaction_is_open(store: Store):
 
     def hold_write() -> None:
         with store._write() as conn:
-            conn.execute(armazem._INSERT_MESSAGE,
-                         (0, "x", "x", "#s", "#s", "t", 1, "#s", 0))
+            conn.execute(armazem._insert_statement(1),
+                         (0, "x", "x", "#s", "#s", "t", 1, 0, 0))
             inside.set()
             release.wait(WAIT_S)
 
@@ -1125,3 +1125,13 @@ def test_cli_unusable_data_file_exits_2(tmp_path: Path):
     status, out, err = _cli("--dados", str(missing), "--remover", "ana")
     assert status == 2 and "não encontrado" in err
     assert not missing.exists()
+
+
+def test_a_batch_larger_than_one_insert_statement_is_stored_whole_and_in_order(store: Store):
+    count = 2 * armazem.INSERT_CHUNK + 7
+    stamps = store.append_messages([room("ana", "#s", f"m{n}") for n in range(count)])
+    ids = [message_id for message_id, _ in stamps]
+    assert ids == list(range(ids[0], ids[0] + count))
+    stored = store.history_room("#s", limit=count)
+    assert [m.text for m in stored] == [f"m{n}" for n in range(count)]
+    assert [m.id for m in stored] == ids
