@@ -52,7 +52,7 @@ import ssl
 import sys
 import threading
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from typing import ClassVar
 
@@ -83,6 +83,8 @@ IDLE_RECV_CHUNK = 4096
 """Bytes asked of a ``recv`` on a quiet connection (a large buffer per idle thread adds up)."""
 THROTTLED_RECV_CHUNK = 1024
 """The least a read asks for, however little budget its address has left."""
+LIGHT_BATCH_LINES = 2
+"""A read of at most this many lines is a light user's: it gets the urgent lanes."""
 MAX_LINES_PER_TURN = 256
 """Lines a connection handles per turn before letting the others have theirs."""
 CONNECTION_STACK_SIZE = 256 * 1024
@@ -103,6 +105,8 @@ MAX_ADDRESSES = 100_000
 """Bound on the per-address table (the addresses with connections always stay)."""
 HANDSHAKE_SEND_BOUND = 10.0
 """Seconds a TLS record we must send may make no progress (when no TEMPO clock runs)."""
+MAX_GROUP_MESSAGES = 512
+"""Messages per group commit (whole batches; light ones first): keeps each commit short."""
 MAX_BATCHES_IN_FLIGHT = 1
 """Batches of ENVIAR a connection may have waiting for the store while it reads on."""
 
@@ -944,6 +948,11 @@ class FairTurn:
     turn over first come, first served gives every busy connection one batch
     per round.
 
+    A light connection -- a person typing, whose read held a line or two --
+    should not wait a whole round behind a hundred busy ones, so it queues
+    in a lane of its own that is served first; after ``URGENT_STREAK`` light
+    turns in a row a busy connection gets one, so no one starves.
+
     The turn guards no data (the registry, the rooms and every outbox have
     their own locks), so correctness never depends on it: a thread that waits
     longer than ``patience`` seconds simply goes ahead without it. It is held
@@ -951,13 +960,17 @@ class FairTurn:
     a disk or a password hash.
     """
 
+    URGENT_STREAK = 8
+
     def __init__(self, patience: float = TURN_PATIENCE) -> None:
         self.patience = patience
         self._lock = threading.Lock()
         self._waiting: collections.deque[threading.Lock] = collections.deque()
+        self._urgent: collections.deque[threading.Lock] = collections.deque()
+        self._streak = 0
         self._taken = False
 
-    def acquire(self) -> bool:
+    def acquire(self, urgent: bool = False) -> bool:
         """Wait for the turn; True once it is ours, False if we gave up waiting."""
         with self._lock:
             if not self._taken:
@@ -965,24 +978,30 @@ class FairTurn:
                 return True
             baton = threading.Lock()
             baton.acquire()
-            self._waiting.append(baton)
+            queue = self._urgent if urgent else self._waiting
+            queue.append(baton)
         if baton.acquire(timeout=self.patience):
             return True  # released by ``release``: the turn was handed to us
         with self._lock:
             try:
-                self._waiting.remove(baton)
+                queue.remove(baton)
             except ValueError:
                 return True  # handed to us just as the wait ran out
             return False
 
     def release(self, held: bool) -> None:
-        """Pass the turn to the longest waiting thread (only if ``acquire`` gave it)."""
+        """Pass the turn on: the light lane first, then the longest waiting thread."""
         if not held:
             return
         with self._lock:
-            if self._waiting:
+            if self._urgent and (self._streak < self.URGENT_STREAK or not self._waiting):
+                self._streak += 1
+                self._urgent.popleft().release()
+            elif self._waiting:
+                self._streak = 0
                 self._waiting.popleft().release()
             else:
+                self._streak = 0
                 self._taken = False
 
 
@@ -1104,12 +1123,15 @@ class MessageLog:
     """
 
     def __init__(self, store: armazem.Store | armazem.MemoryStore,
-                 deliver: Callable[[Outgoing, Deliveries, Ticket], None]) -> None:
+                 deliver: Callable[[Outgoing, Deliveries, Ticket], None],
+                 turn: FairTurn | None = None) -> None:
         self.store = store
         self._deliver = deliver
+        self._turn = turn
         self.deliver_lock = threading.Lock()
-        self._cond = threading.Condition()  # guards _queue; wakes the committer
+        self._cond = threading.Condition()  # guards the queues; wakes the committer
         self._queue: list[Ticket] = []
+        self._urgent: list[Ticket] = []
         self._stopping = False
         self._thread: threading.Thread | None = None
 
@@ -1140,33 +1162,57 @@ class MessageLog:
                 return
             event.wait(1.0)
 
-    def submit(self, ticket: Ticket) -> None:
-        """Hand a batch over; ``ticket.done`` is set once it is stored and answered."""
+    def submit(self, ticket: Ticket, urgent: bool = False) -> None:
+        """Hand a batch over; ``ticket.done`` is set once it is stored and answered.
+
+        An ``urgent`` batch (a light user's, with nothing else of its
+        connection queued) goes in the next group, ahead of the busy ones.
+        """
         if self._thread is None:
             self._process([ticket])
             return
         with self._cond:
-            self._queue.append(ticket)
+            (self._urgent if urgent else self._queue).append(ticket)
             self._cond.notify()
 
     def _run(self) -> None:
         while True:
             with self._cond:
-                while not self._queue and not self._stopping:
+                while not (self._queue or self._urgent) and not self._stopping:
                     self._cond.wait()
-                tickets, self._queue = self._queue, []
+                tickets = self._next_group_locked()
                 if not tickets:
                     return
             self._process(tickets)
+
+    def _next_group_locked(self) -> list[Ticket]:
+        """The light batches, then busy ones up to ``MAX_GROUP_MESSAGES``.
+
+        A bounded group keeps a commit short, so a light user's message
+        never waits behind thousands of others.
+        """
+        tickets, self._urgent = self._urgent, []
+        queue = self._queue
+        count = 0
+        taken = 0
+        while taken < len(queue) and (count < MAX_GROUP_MESSAGES or not tickets):
+            count += len(queue[taken].slots)
+            taken += 1
+        tickets += queue[:taken]
+        del queue[:taken]
+        return tickets
 
     def _process(self, tickets: list[Ticket]) -> None:
         try:
             with self.deliver_lock:
                 deliveries = Deliveries()
-                self._store_and_deliver(tickets, deliveries)
-                recipients = deliveries.put_all()
-                for ticket in tickets:
-                    self._answer(ticket)
+                stored = self._store(tickets)
+                with self._turn_for_python():
+                    if stored:
+                        self._deliver_all(tickets, deliveries)
+                    recipients = deliveries.put_all()
+                    for ticket in tickets:
+                        self._answer(ticket)
             senders = {id(ticket.connection) for ticket in tickets}
             for recipient in recipients:  # the messages first: people wait for them
                 if id(recipient) not in senders:
@@ -1181,23 +1227,48 @@ class MessageLog:
                 if self._thread is not None:
                     ticket.connection.batch_done.set()
 
-    def _store_and_deliver(self, tickets: list[Ticket], deliveries: Deliveries) -> None:
+    @contextlib.contextmanager
+    def _turn_for_python(self) -> Iterator[None]:
+        """Hold the connections' turn, ahead of the busy ones, for a stretch of Python work.
+
+        Only the committer thread does this (inline processing already runs
+        inside a connection's turn). Without it, each time the committer gave
+        the GIL up -- every lock, every send -- it would wait for it behind
+        whichever connection runs, and light users behind it. The SQLite work
+        happens outside: it needs no GIL, and connections parse meanwhile.
+        """
+        held = False
+        if self._thread is not None and self._turn is not None:
+            held = self._turn.acquire(urgent=True)
+        try:
+            yield
+        finally:
+            if self._turn is not None:
+                self._turn.release(held)
+
+    def _store(self, tickets: list[Ticket]) -> bool:
+        """Store every message of the group in one transaction; False (errors set) on failure."""
         outgoing = [slot for ticket in tickets for slot in ticket.slots if type(slot) is Outgoing]
         if not outgoing:
-            return
+            return False
         try:
             stamps = self.store.append_messages(outgoing)
         except armazem.StoreError as exc:
             log.error("falha ao guardar %d mensagem(ns): %s", len(outgoing), exc)
             for item in outgoing:
                 item.error = f"o servidor não conseguiu guardar a mensagem ({exc})"
-            return
-        stamps_iter = iter(stamps)
+            return False
+        for item, (message_id, time_ms) in zip(outgoing, stamps, strict=True):
+            item.message_id, item.time_ms = message_id, time_ms
+        return True
+
+    def _deliver_all(self, tickets: list[Ticket], deliveries: Deliveries) -> None:
+        """Queue every stored message for its recipients, in id order."""
+        deliver = self._deliver
         for ticket in tickets:
             for slot in ticket.slots:
                 if type(slot) is Outgoing:
-                    slot.message_id, slot.time_ms = next(stamps_iter)
-                    self._deliver(slot, deliveries, ticket)
+                    deliver(slot, deliveries, ticket)
 
     @staticmethod
     def _answer(ticket: Ticket) -> None:
@@ -1465,8 +1536,9 @@ class ClientConnection:
     def _handle_lines(self, lines: list[bytes | protocolo.LineTooLong]) -> None:
         """Answer a batch of lines, a bounded number per turn, then flush what they touched."""
         self._reply_bytes = 0
+        light = len(lines) <= LIGHT_BATCH_LINES
         for start in range(0, len(lines), MAX_LINES_PER_TURN):
-            self._take_turn()
+            self._take_turn(light)
             try:
                 for raw in lines[start:start + MAX_LINES_PER_TURN]:
                     if self._quitting or (self.outbox.pending > OWN_OUTPUT_HIGH_WATER
@@ -1492,9 +1564,9 @@ class ClientConnection:
             self.abort("cliente parou de ler as respostas")
         return bool(drained) and not self.stopping.is_set()
 
-    def _take_turn(self) -> None:
+    def _take_turn(self, light: bool = False) -> None:
         if not self._turn:
-            self._turn = self.server.turn.acquire()
+            self._turn = self.server.turn.acquire(light)
 
     def _release_turn(self) -> None:
         if self._turn:
@@ -1665,8 +1737,10 @@ class ClientConnection:
         if self._sends:
             ticket = Ticket(self, self._sends)
             self._sends = []
+            # Urgent only with nothing of ours queued: our batches stay in order.
+            urgent = len(ticket.slots) <= LIGHT_BATCH_LINES and not self._in_flight
             self._in_flight.append(ticket)
-            self.server.messages.submit(ticket)
+            self.server.messages.submit(ticket, urgent)
 
     def _settle_sends(self, keep: int = 0) -> None:
         """Submit what is pending and wait until at most ``keep`` batches are in flight.
@@ -2126,7 +2200,7 @@ class Servidor:
         self.rooms = Rooms()
         self.turn = FairTurn()
         self.addresses = AddressBook(self.config)
-        self.messages = MessageLog(self.store, self._deliver)
+        self.messages = MessageLog(self.store, self._deliver, self.turn)
         self.passwords = Passwords(self.config.hashing_threads)
         self.blocking_reads = rede.reads_may_block()
         """Connection sockets stay blocking for their readers (see ``ClientConnection._read``)."""

@@ -1135,3 +1135,21 @@ def test_a_batch_larger_than_one_insert_statement_is_stored_whole_and_in_order(s
     stored = store.history_room("#s", limit=count)
     assert [m.text for m in stored] == [f"m{n}" for n in range(count)]
     assert [m.id for m in stored] == ids
+
+
+def test_a_batch_over_one_statement_goes_in_one_transaction(store: Store):
+    """Where SQLite's parameter limit is small, a batch spans several INSERTs: one commit."""
+    store._rows_per_insert = 10
+    stamps = store.append_messages([room("ana", "#s", f"m{n}") for n in range(37)])
+    ids = [message_id for message_id, _ in stamps]
+    assert ids == list(range(ids[0], ids[0] + 37))
+    assert [m.text for m in store.history_room("#s", limit=100)] == [f"m{n}" for n in range(37)]
+
+
+def test_the_rows_per_insert_follow_sqlites_parameter_limit(store: Store):
+    conn = store._writer
+    if not hasattr(conn, "getlimit"):
+        assert store._rows_per_insert == armazem.INSERT_CHUNK
+        return
+    limit = conn.getlimit(sqlite3.SQLITE_LIMIT_VARIABLE_NUMBER)
+    assert store._rows_per_insert == min(armazem.MAX_ROWS_PER_INSERT, limit // 9)
