@@ -1650,7 +1650,10 @@ class ClientConnection:
         limit = self.config.failed_passwords
         window = protocolo.FAILED_PASSWORDS_WINDOW_S
         failures = self.address.failed_passwords
-        if limit and _recent(failures, window, time.monotonic()) >= limit:
+        # Blocked until `window` after the limit-th failure of a run within `window`
+        # (no failure is recorded while blocked, so the newest `limit` are that run).
+        if limit and len(failures) >= limit and failures[-1] - failures[-limit] <= window \
+                and time.monotonic() - failures[-1] < window:
             raise ProtocolError(ErrorCode.LIMITE,
                                 "senhas erradas demais deste endereço; espere um minuto")
 
