@@ -2194,7 +2194,7 @@ class Servidor:
         if entry is None or not entry.relay:
             return  # offline: an account finds it in the store when it comes back
         recipient = entry.connection
-        if not recipient.live:
+        if not recipient.live and entry.account:
             return  # catching up: it reads this one from the store
         if recipient.version >= 2:
             ok = recipient.push(protocolo.format_msg_v2(item.message_id, item.time_ms,
