@@ -1924,6 +1924,7 @@ class ClientConnection:
             touched.extend(self.server.registry.remove(key, self))
             self.nick = self.key = None
             self.relay = self.account = self.live = False
+            self.received_id = 0  # the cursor is the account's, not the connection's
             self.server.unwatch_cursor(self)
             log.info("%s: registro de %s removido", self.name, nick)
             for other in touched:
