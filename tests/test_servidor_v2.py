@@ -870,6 +870,24 @@ def test_a_v1_account_has_received_what_was_written_to_it(server, v1, v2):
     assert as_v2.barrier() == []
 
 
+def test_a_v1_connection_that_changes_accounts_keeps_each_cursor(server, connect, v1, v2):
+    """The cursor is the account's: one session's ids must not hide the next one's."""
+    bia = v1(server, "bia", PASSWORD)
+    quit_(bia)
+    ana = v2(server, "ana")
+    sent(ana, "bia", "para a bia")  # the older message, waiting for bia
+    shared = connect(server)
+    assert shared.request(f"REGISTRAR caio {PASSWORD}") == "OK"
+    sent(ana, "caio", "para o caio")  # a newer id, written to caio
+    assert shared.read_line() == "MSG ana caio para o caio"
+    assert shared.request("CANCELAR_REGISTRO") == "OK"
+    assert shared.request(f"REGISTRAR bia {PASSWORD}") == "OK"
+    assert shared.read_line() == "MSG ana bia para a bia"
+    assert shared.request("CANCELAR_REGISTRO") == "OK"
+    assert shared.request(f"REGISTRAR bia {PASSWORD}") == "OK"
+    assert shared.barrier() == []  # written once: received, never pushed again
+
+
 def test_the_pending_limit_of_an_offline_account(make_server, v2):
     server = make_server(max_pending_per_account=3)
     bia = v2(server, "bia", PASSWORD)
