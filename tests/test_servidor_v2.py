@@ -204,6 +204,13 @@ def test_ola_negotiates_and_refuses_unknown_versions_in_wire_form(server, connec
     # After REGISTRAR: the registration state is checked before the version.
     assert_error(client.request("OLA 2"), "JA_REGISTRADO")
     assert_error(client.request("OLA 9"), "JA_REGISTRADO")
+    # Unregistered again, the connection may change its version.
+    assert client.request("CANCELAR_REGISTRO") == "OK"
+    assert client.request("OLA 2") == "OK"
+    assert client.request("REGISTRAR ana") == "OK"
+    client.send_line("ENVIAR ana nota")
+    first, second = client.read_lines(2)
+    assert MSG_V2.fullmatch(first) and OK_V2.fullmatch(second)  # now in version 2's form
 
 
 def test_without_ola_or_after_ola_1_a_connection_speaks_version_1(server, connect, v2):
@@ -265,14 +272,18 @@ def test_a_nickname_with_an_account_is_reserved_in_every_form(server, connect):
     owner = connect(server)
     assert owner.request("REGISTRAR ana segredo1") == "OK"
     quit_(owner)
+    watcher = connect(server)
+    watcher.register("vigia")
+    assert watcher.request("ASSINAR") == "OK"
     client = connect(server)
     assert client.request("REGISTRAR ana") == (
         "ERRO APELIDO_RESERVADO ana tem conta: registre-se com REGISTRAR ana <senha>")
     assert_error(client.request("REGISTRAR ANA"), "APELIDO_RESERVADO")
     assert_error(client.request("REGISTRAR ａｎａ"), "APELIDO_RESERVADO")  # same key
     assert_error(client.request("REGISTRAR ana 10.0.0.5 5000"), "APELIDO_RESERVADO")
-    assert client.request("LISTAR") == "USUARIOS 0"
-    assert client.read_line() == "END"
+    assert client.request("LISTAR") == "USUARIOS 1"
+    client.read_lines(2)
+    assert watcher.barrier() == []  # not even for an instant in the directory
     # A nickname without an account is taken as in version 1.
     assert client.request("REGISTRAR bia") == "OK"
 
@@ -1146,6 +1157,18 @@ def test_look_alike_nicknames_are_refused(server, connect, taken, attempt, code)
         client.register("outro")
         assert client.request(f"ENVIAR {attempt} oi") == "OK"
         assert owner.read_line() == f"MSG outro {taken} oi"
+
+
+def test_a_look_alike_target_reaches_the_name_it_imitates(server, connect):
+    """Look-ups use the key of the name given, even one that could not be registered."""
+    owner = connect(server)
+    owner.register("ana")
+    client = connect(server)
+    assert_error(client.request("REGISTRAR аna"), "APELIDO_INVALIDO")  # a Cyrillic а
+    client.register("bob")
+    assert client.request("RETORNAR аna") == f"ENCONTRADO 127.0.0.1 {owner.port}"
+    assert client.request("ENVIAR аna oi") == "OK"
+    assert owner.read_line() == "MSG bob ana oi"
 
 
 def test_look_alike_room_names_are_one_room_or_refused(server, v2):
