@@ -303,7 +303,7 @@ def test_every_ok_survives_sigkill_at_random_moments(tmp_path, rng):
             maybe.update((target, sender.nick, n) for target, n in sender.unanswered)
     print(f"{len(acknowledged)} OK, {len(maybe)} sem resposta; pushed again: "
           f"{ {nick: inbox.duplicates for nick, inbox in inboxes.items()} }")
-    assert len(acknowledged) > 1000, "too few messages got an OK to prove anything"
+    assert len(acknowledged) > 300, "too few messages got an OK to prove anything"
     with start(path) as process:
         for inbox in inboxes.values():
             collect_everything(process.address, inbox)
