@@ -263,8 +263,11 @@ class AddressState:
             if config.registrations else None
         self.tls_handshakes = TokenBucket(config.tls_handshakes, config.tls_handshakes_burst) \
             if config.tls_handshakes else None
-        self.failed_passwords: collections.deque[float] = collections.deque(maxlen=64)
-        self.accounts_created: collections.deque[float] = collections.deque(maxlen=64)
+        # Only the newest `limit` times matter for either limit: keep just those.
+        self.failed_passwords: collections.deque[float] = collections.deque(
+            maxlen=max(1, config.failed_passwords))
+        self.accounts_created: collections.deque[float] = collections.deque(
+            maxlen=max(1, config.accounts_per_hour))
         # What this address made the server do, ever (for tests and diagnostics).
         self.lines_read = 0
         self.bytes_charged = 0
@@ -1892,7 +1895,10 @@ class ClientConnection:
         limit = self.config.failed_passwords
         window = protocolo.FAILED_PASSWORDS_WINDOW_S
         failures = self.address.failed_passwords
-        if limit and _recent(failures, window, time.monotonic()) >= limit:
+        # Blocked until `window` after the limit-th failure of a run within `window`
+        # (no failure is recorded while blocked, so the newest `limit` are that run).
+        if limit and len(failures) >= limit and failures[-1] - failures[-limit] <= window \
+                and time.monotonic() - failures[-1] < window:
             raise ProtocolError(ErrorCode.LIMITE,
                                 "senhas erradas demais deste endereço; espere um minuto")
 
@@ -1914,7 +1920,7 @@ class ClientConnection:
         if not store.accounts_enabled:
             return False
         try:
-            return store.get_account(key) is not None
+            return self._outside_turn(store.get_account, key) is not None
         except armazem.StoreError as exc:
             raise ProtocolError(ErrorCode.ARMAZENAMENTO,
                                 f"o servidor não conseguiu consultar as contas ({exc})") from None
@@ -2163,6 +2169,7 @@ class ClientConnection:
             touched.extend(self.server.registry.remove(key, self))
             self.nick = self.key = None
             self.relay = self.account = self.live = False
+            self.received_id = 0  # the cursor is the account's, not the connection's
             self.server.unwatch_cursor(self)
             log.info("%s: registro de %s removido", self.name, nick)
             for other in touched:
@@ -2418,7 +2425,7 @@ class Servidor:
             if entry is None or not entry.relay:
                 return  # offline: an account finds it in the store when it comes back
             recipient = entry.connection
-            if not recipient.live:
+            if not recipient.live and entry.account:
                 return  # catching up: it reads this one from the store
             if recipient.version >= 2:
                 deliveries.add(recipient, protocolo.format_msg_v2(
