@@ -208,6 +208,15 @@ class NewMessage:
 
 
 @dataclass(frozen=True, slots=True)
+class PreparedMessages:
+    """Messages ready to be written (``Store.prepare``): their count, time and row values."""
+
+    count: int
+    time_ms: int
+    values: list = field(repr=False)
+
+
+@dataclass(frozen=True, slots=True)
 class StoredMessage:
     """A message as stored: its id and acceptance time (UTC epoch ms) included."""
 
@@ -253,6 +262,8 @@ class MessageStore(Protocol):
     path: str | None
 
     def append_messages(self, messages: Sequence[NewMessage]) -> list[tuple[int, int]]: ...
+    def prepare(self, messages: Sequence[NewMessage]) -> PreparedMessages: ...
+    def write(self, prepared: PreparedMessages) -> list[tuple[int, int]]: ...
     def pending_messages(self, account_key: str, after_id: int = 0,
                          limit: int = 200) -> list[StoredMessage]: ...
     def pending_count(self, account_key: str) -> int: ...
@@ -853,19 +864,35 @@ class Store:
         """Store ``messages`` in one transaction; ``(id, time_ms)`` for each, in order.
 
         All or nothing: when this returns they are committed, when it raises
-        ``StoreError`` none of them is stored. A batch that fits in one
-        INSERT statement is that statement alone (SQLite makes it its own
-        transaction); a larger one is several inside BEGIN ... COMMIT.
+        ``StoreError`` none of them is stored. The same as
+        ``write(prepare(messages))``.
         """
-        if not messages:
-            return []
+        return self.write(self.prepare(messages))
+
+    def prepare(self, messages: Sequence[NewMessage]) -> PreparedMessages:
+        """The Python half of an append: the rows' values, stamped with the time now.
+
+        Split from ``write`` so a caller can do this part while holding
+        whatever it holds for Python work, and let the SQL run without it.
+        """
         now_ms = int(self._clock() * 1000)
         values: list[object] = []
         for m in messages:
             values += (now_ms, m.sender_key, m.sender, m.target_key, m.target, m.text, m.room,
                        not m.room and m.to_account,
                        RECEIPT_AWAITED if m.wants_receipt and not m.room else RECEIPT_NONE)
-        count = len(messages)
+        return PreparedMessages(len(messages), now_ms, values)
+
+    def write(self, prepared: PreparedMessages) -> list[tuple[int, int]]:
+        """The SQL half: commit the prepared rows; ``(id, time_ms)`` for each, in order.
+
+        A batch that fits in one INSERT statement is that statement alone
+        (SQLite makes it its own transaction: one hand-off of the GIL for the
+        whole batch); a larger one is several inside BEGIN ... COMMIT.
+        """
+        count, values = prepared.count, prepared.values
+        if not count:
+            return []
         if count <= self._rows_per_insert:
             last = self._insert_alone(count, values)
         else:
@@ -878,7 +905,7 @@ class Store:
                 # One writer in an IMMEDIATE transaction: AUTOINCREMENT ids are consecutive.
                 last = conn.execute("SELECT last_insert_rowid()").fetchone()[0]
         first = last - count + 1
-        return [(first + offset, now_ms) for offset in range(count)]
+        return [(first + offset, prepared.time_ms) for offset in range(count)]
 
     def _insert_alone(self, rows: int, values: list[object]) -> int:
         """One multi-row INSERT in autocommit (atomic by itself); the last id it gave."""
@@ -1123,8 +1150,18 @@ class MemoryStore:
     def __repr__(self) -> str:
         return f"<MemoryStore rooms={len(self._rooms)}>"
 
+    def prepare(self, messages: Sequence[NewMessage]) -> PreparedMessages:
+        """See ``Store.prepare``: here the messages themselves are kept."""
+        return PreparedMessages(len(messages), int(self._clock() * 1000), list(messages))
+
+    def write(self, prepared: PreparedMessages) -> list[tuple[int, int]]:
+        """See ``Store.write``."""
+        return self._append(prepared.values, prepared.time_ms)
+
     def append_messages(self, messages: Sequence[NewMessage]) -> list[tuple[int, int]]:
-        now_ms = int(self._clock() * 1000)
+        return self._append(messages, int(self._clock() * 1000))
+
+    def _append(self, messages: Sequence[NewMessage], now_ms: int) -> list[tuple[int, int]]:
         assigned = []
         with self._lock:
             for message in messages:

@@ -84,7 +84,13 @@ IDLE_RECV_CHUNK = 4096
 THROTTLED_RECV_CHUNK = 1024
 """The least a read asks for, however little budget its address has left."""
 LIGHT_BATCH_LINES = 2
-"""A read of at most this many lines is a light user's: it gets the urgent lanes."""
+"""A read of at most this many lines takes the turn's urgent lane: small, so cheap to
+serve first (and a streak bound keeps the busy ones going)."""
+LIGHT_LINES_PER_S = 200
+"""A connection that sends fewer lines per second than this is a light user's (a
+person typing sends one now and then): its batches go first to the message log.
+Measured with a token bucket, because a busy sender whose reads hold a line or two
+would otherwise fill that lane."""
 MAX_LINES_PER_TURN = 256
 """Lines a connection handles per turn before letting the others have theirs."""
 CONNECTION_STACK_SIZE = 256 * 1024
@@ -1192,7 +1198,9 @@ class MessageLog:
         """The light batches, then busy ones up to ``MAX_GROUP_MESSAGES``.
 
         A bounded group keeps a commit short, so a light user's message
-        never waits behind thousands of others.
+        never waits behind thousands of others. (Light batches alone in a
+        group of their own was measured too: their commits then came so
+        often that everyone, light users included, waited longer.)
         """
         tickets, self._urgent = self._urgent, []
         queue = self._queue
@@ -1216,12 +1224,16 @@ class MessageLog:
                     recipients = deliveries.put_all()
                     for ticket in tickets:
                         self._answer(ticket)
-            senders = {id(ticket.connection) for ticket in tickets}
-            for recipient in recipients:  # the messages first: people wait for them
-                if id(recipient) not in senders:
-                    recipient.outbox.flush()
-            for ticket in tickets:
-                ticket.connection.outbox.flush()
+            # Still holding the turn: each send gives the GIL up for a moment,
+            # and without the turn getting it back could mean waiting behind
+            # every busy connection -- and a light user behind all of them.
+            with self._turn_for_python():
+                senders = {id(ticket.connection) for ticket in tickets}
+                for recipient in recipients:  # the messages first: people wait for them
+                    if id(recipient) not in senders:
+                        recipient.outbox.flush()
+                for ticket in tickets:
+                    ticket.connection.outbox.flush()
         except Exception:  # a bug must not leave a sender waiting forever
             log.exception("erro inesperado ao guardar e entregar mensagens")
         finally:
@@ -1250,12 +1262,19 @@ class MessageLog:
                 self._turn.release(held)
 
     def _store(self, tickets: list[Ticket]) -> bool:
-        """Store every message of the group in one transaction; False (errors set) on failure."""
-        outgoing = [slot for ticket in tickets for slot in ticket.slots if type(slot) is Outgoing]
-        if not outgoing:
-            return False
+        """Store every message of the group in one transaction; False (errors set) on failure.
+
+        The rows are prepared holding the turn (Python work) and written
+        without it (SQLite needs no GIL, and connections parse meanwhile).
+        """
         try:
-            stamps = self.store.append_messages(outgoing)
+            with self._turn_for_python():
+                outgoing = [slot for ticket in tickets for slot in ticket.slots
+                            if type(slot) is Outgoing]
+                if not outgoing:
+                    return False
+                prepared = self.store.prepare(outgoing)
+            stamps = self.store.write(prepared)
         except armazem.StoreError as exc:
             log.error("falha ao guardar %d mensagem(ns): %s", len(outgoing), exc)
             for item in outgoing:
@@ -1348,6 +1367,8 @@ class ClientConnection:
         self.rooms: dict[str, Room] = {}
         self.bucket = TokenBucket(self.config.rate, self.config.burst) if self.config.rate \
             else None
+        self._pace_meter = TokenBucket(LIGHT_LINES_PER_S, LIGHT_LINES_PER_S)
+        self._light = True
         self.thread = threading.Thread(target=self.run, daemon=True, name=f"conexao-{self.name}")
         self.stopping = threading.Event()
         self.batch_done = threading.Event()
@@ -1539,9 +1560,10 @@ class ClientConnection:
     def _handle_lines(self, lines: list[bytes | protocolo.LineTooLong]) -> None:
         """Answer a batch of lines, a bounded number per turn, then flush what they touched."""
         self._reply_bytes = 0
-        light = len(lines) <= LIGHT_BATCH_LINES
+        self._light = self._pace_meter.take(len(lines))
+        small = len(lines) <= LIGHT_BATCH_LINES
         for start in range(0, len(lines), MAX_LINES_PER_TURN):
-            self._take_turn(light)
+            self._take_turn(small)
             try:
                 for raw in lines[start:start + MAX_LINES_PER_TURN]:
                     if self._quitting or (self.outbox.pending > OWN_OUTPUT_HIGH_WATER
@@ -1740,8 +1762,11 @@ class ClientConnection:
         if self._sends:
             ticket = Ticket(self, self._sends)
             self._sends = []
+            in_flight = self._in_flight
+            while in_flight and in_flight[0].done and not in_flight[0].congested:
+                in_flight.popleft()  # answered, and nobody to wait for: forget it
             # Urgent only with nothing of ours queued: our batches stay in order.
-            urgent = len(ticket.slots) <= LIGHT_BATCH_LINES and not self._in_flight
+            urgent = self._light and not in_flight
             self._in_flight.append(ticket)
             self.server.messages.submit(ticket, urgent)
 
