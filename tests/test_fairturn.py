@@ -13,19 +13,21 @@ import time
 from servidor import FairTurn
 
 
-def _start_waiter(turn: FairTurn, name: str, order: list[str]) -> threading.Thread:
+def _start_waiter(turn: FairTurn, name: str, order: list[str],
+                  urgent: bool = False) -> threading.Thread:
     """A thread that takes the turn, notes ``name`` and gives it back; returns once queued."""
     def body() -> None:
-        held = turn.acquire()
+        held = turn.acquire(urgent)
         order.append(name)
         turn.release(held)
 
-    queued_before = len(turn._waiting)
+    lane = turn._urgent if urgent else turn._waiting
+    queued_before = len(lane)
     thread = threading.Thread(target=body, daemon=True)
     thread.start()
     # Wait until this waiter is queued, so the arrival order is the start order.
     deadline = time.monotonic() + 5
-    while len(turn._waiting) == queued_before and time.monotonic() < deadline:
+    while len(lane) == queued_before and time.monotonic() < deadline:
         time.sleep(0.001)
     return thread
 
@@ -64,3 +66,28 @@ def test_a_stuck_holder_delays_others_by_at_most_patience():
     turn.release(True)
     assert turn.acquire() is True
     turn.release(True)
+
+
+def test_a_light_waiter_goes_before_the_busy_ones():
+    turn = FairTurn(patience=5.0)
+    order: list[str] = []
+    assert turn.acquire()
+    threads = [_start_waiter(turn, name, order) for name in ("a", "b")]
+    threads.append(_start_waiter(turn, "leve", order, urgent=True))
+    turn.release(True)
+    for thread in threads:
+        thread.join(5)
+    assert order == ["leve", "a", "b"]
+
+
+def test_a_stream_of_light_waiters_never_starves_a_busy_one():
+    turn = FairTurn(patience=5.0)
+    order: list[str] = []
+    assert turn.acquire()
+    threads = [_start_waiter(turn, "ocupado", order)]
+    threads += [_start_waiter(turn, f"leve{n}", order, urgent=True)
+                for n in range(FairTurn.URGENT_STREAK + 3)]
+    turn.release(True)
+    for thread in threads:
+        thread.join(5)
+    assert order.index("ocupado") == FairTurn.URGENT_STREAK
