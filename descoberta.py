@@ -34,6 +34,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 
 import argumentos
+import limites
 import protocolo
 import rede
 
@@ -62,36 +63,6 @@ TOTAL_LIMITED = "limite total"
 # Rate limits
 
 
-class TokenBucket:
-    """``rate`` tokens per second, holding at most ``capacity``; starts full."""
-
-    __slots__ = ("capacity", "rate", "stamp", "tokens")
-
-    def __init__(self, rate: float, capacity: float, now: float) -> None:
-        self.rate = rate
-        self.capacity = capacity
-        self.tokens = capacity
-        self.stamp = now
-
-    def _refill(self, now: float) -> None:
-        if now > self.stamp:
-            self.tokens = min(self.capacity, self.tokens + (now - self.stamp) * self.rate)
-            self.stamp = now
-
-    def take(self, now: float) -> bool:
-        """Spend one token if there is one."""
-        self._refill(now)
-        if self.tokens >= 1:
-            self.tokens -= 1
-            return True
-        return False
-
-    def is_full(self, now: float) -> bool:
-        """True when the bucket is as a new one would be: forgetting it changes nothing."""
-        self._refill(now)
-        return self.tokens >= self.capacity
-
-
 class AnswerLimiter:
     """Decides which probes get an answer: per source address, and in total.
 
@@ -109,8 +80,8 @@ class AnswerLimiter:
                  max_sources: int = MAX_TRACKED_SOURCES) -> None:
         self._per_source = per_source_per_s
         self._max_sources = max(1, max_sources)
-        self._sources: collections.OrderedDict[str, TokenBucket] = collections.OrderedDict()
-        self._total = (TokenBucket(total_per_s, max(1, math.ceil(total_per_s)), time.monotonic())
+        self._sources: collections.OrderedDict[str, limites.TokenBucket] = collections.OrderedDict()
+        self._total = (limites.TokenBucket(total_per_s, max(1, math.ceil(total_per_s)))
                        if total_per_s > 0 else None)
 
     @property
@@ -119,26 +90,26 @@ class AnswerLimiter:
 
     def allow(self, source: str, now: float) -> str:
         """``ALLOWED``, ``SOURCE_LIMITED`` or ``TOTAL_LIMITED`` for a probe from ``source``."""
-        if self._per_source > 0 and not self._source_bucket(source, now).take(now):
+        if self._per_source > 0 and not self._source_bucket(source, now).take(1.0, now):
             return SOURCE_LIMITED
-        if self._total is not None and not self._total.take(now):
+        if self._total is not None and not self._total.take(1.0, now):
             return TOTAL_LIMITED
         return ALLOWED
 
-    def _source_bucket(self, source: str, now: float) -> TokenBucket:
+    def _source_bucket(self, source: str, now: float) -> limites.TokenBucket:
         bucket = self._sources.get(source)
         if bucket is not None:
             self._sources.move_to_end(source)
             return bucket
         if len(self._sources) >= self._max_sources:
             self._sources.popitem(last=False)
-        bucket = TokenBucket(self._per_source, max(1, math.ceil(self._per_source)), now)
+        bucket = limites.TokenBucket(self._per_source, max(1, math.ceil(self._per_source)), now)
         self._sources[source] = bucket
         return bucket
 
     def forget_idle(self, now: float) -> None:
         """Drop the sources whose bucket is full again (they would start over the same)."""
-        for source in [s for s, bucket in self._sources.items() if bucket.is_full(now)]:
+        for source in [s for s, bucket in self._sources.items() if bucket.full(now)]:
             del self._sources[source]
 
 

@@ -60,6 +60,7 @@ import argumentos
 import armazem
 import descoberta
 import diario
+import limites
 import protocolo
 import rede
 from protocolo import ErrorCode, ProtocolError
@@ -198,55 +199,9 @@ def address_key(ip: str) -> str:
     return str(network)
 
 
-class TokenBucket:
-    """Allow ``rate`` units per second on average, ``burst`` at once.
-
-    ``take`` may drive the level below zero (a whole read is paid for even
-    when it costs more than is left); ``delay`` then says how long to wait
-    until the debt is paid. Shared by the threads of one address without a
-    lock: a lost update under a thread switch lets one batch through a
-    little early, which no bound here depends on.
-    """
-
-    __slots__ = ("_level", "_stamp", "burst", "rate")
-
-    def __init__(self, rate: float, burst: float) -> None:
-        self.rate = rate
-        self.burst = max(1.0, float(burst))
-        self._level = self.burst
-        self._stamp = time.monotonic()
-
-    def _refill(self, now: float) -> None:
-        self._level = min(self.burst, self._level + (now - self._stamp) * self.rate)
-        self._stamp = now
-
-    def take(self, amount: float = 1.0) -> bool:
-        """Take ``amount`` if available; False (taking nothing) if not."""
-        self._refill(time.monotonic())
-        if self._level >= amount:
-            self._level -= amount
-            return True
-        return False
-
-    def charge(self, amount: float) -> None:
-        """Take ``amount`` whatever is left, going into debt if needed."""
-        self._refill(time.monotonic())
-        self._level -= amount
-
-    def delay(self) -> float:
-        """Seconds until the level is back above zero (0 if it is)."""
-        self._refill(time.monotonic())
-        return 0.0 if self._level > 0 else (1e-3 - self._level) / self.rate
-
-    @property
-    def level(self) -> float:
-        """What is left now (negative while in debt)."""
-        self._refill(time.monotonic())
-        return self._level
-
-    @property
-    def full(self) -> bool:
-        return self.level >= self.burst
+def _bucket(rate: float, burst: int) -> limites.TokenBucket | None:
+    """A rate limit, or None when the option turned it off (0)."""
+    return limites.TokenBucket(rate, burst) if rate else None
 
 
 class AddressState:
@@ -261,14 +216,10 @@ class AddressState:
         self.connections = 0
         self.handshakes = 0
         self.last_used = time.monotonic()
-        self.lines = TokenBucket(config.address_lines, config.address_lines_burst) \
-            if config.address_lines else None
-        self.bytes = TokenBucket(config.address_bytes, config.address_bytes_burst) \
-            if config.address_bytes else None
-        self.registrations = TokenBucket(config.registrations, config.registrations_burst) \
-            if config.registrations else None
-        self.tls_handshakes = TokenBucket(config.tls_handshakes, config.tls_handshakes_burst) \
-            if config.tls_handshakes else None
+        self.lines = _bucket(config.address_lines, config.address_lines_burst)
+        self.bytes = _bucket(config.address_bytes, config.address_bytes_burst)
+        self.registrations = _bucket(config.registrations, config.registrations_burst)
+        self.tls_handshakes = _bucket(config.tls_handshakes, config.tls_handshakes_burst)
         # Only the newest `limit` times matter for either limit: keep just those.
         self.failed_passwords: collections.deque[float] = collections.deque(
             maxlen=max(1, config.failed_passwords))
@@ -292,9 +243,9 @@ class AddressState:
         """Seconds this address's connections must wait before reading again."""
         delay = 0.0
         if self.lines is not None:
-            delay = self.lines.delay()
+            delay = self.lines.wait()
         if self.bytes is not None:
-            delay = max(delay, self.bytes.delay())
+            delay = max(delay, self.bytes.wait())
         return delay
 
     def read_allowance(self) -> int:
@@ -302,7 +253,7 @@ class AddressState:
         allowance = RECV_CHUNK
         for bucket in (self.lines, self.bytes):
             if bucket is not None:
-                allowance = min(allowance, int(bucket.level))
+                allowance = min(allowance, int(bucket.level()))
         return max(allowance, THROTTLED_RECV_CHUNK)
 
     def idle(self, now: float) -> bool:
@@ -310,7 +261,7 @@ class AddressState:
         if self.connections or self.handshakes or now - self.last_used < ADDRESS_IDLE_FORGET_S:
             return False
         buckets = (self.lines, self.bytes, self.registrations, self.tls_handshakes)
-        return all(bucket is None or bucket.full for bucket in buckets)
+        return all(bucket is None or bucket.full() for bucket in buckets)
 
 
 class AddressBook:
@@ -1365,9 +1316,8 @@ class ClientConnection:
         """True once deliveries may go straight to this connection (after any catch-up)."""
         self.received_id = 0  # the cursor last stored for a version-1 account
         self.rooms: dict[str, Room] = {}
-        self.bucket = TokenBucket(self.config.rate, self.config.burst) if self.config.rate \
-            else None
-        self._pace_meter = TokenBucket(LIGHT_LINES_PER_S, LIGHT_LINES_PER_S)
+        self.bucket = _bucket(self.config.rate, self.config.burst)
+        self._pace_meter = limites.TokenBucket(LIGHT_LINES_PER_S, LIGHT_LINES_PER_S)
         self._light = True
         self.thread = threading.Thread(target=self.run, daemon=True, name=f"conexao-{self.name}")
         self.stopping = threading.Event()

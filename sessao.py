@@ -55,6 +55,7 @@ import time
 from collections import deque
 from dataclasses import dataclass
 
+import limites
 import protocolo
 import rede
 from protocolo import ErrorCode
@@ -555,27 +556,6 @@ def _fits(request: protocolo.Request, item: object) -> bool:
     return isinstance(item, protocolo.Ok)
 
 
-class _Bucket:
-    """A token bucket: the session's own pace of requests."""
-
-    def __init__(self, rate: float, burst: int) -> None:
-        self.rate = rate
-        self.burst = float(burst)
-        self.tokens = float(burst)
-        self.stamp = time.monotonic()
-
-    def take(self, now: float) -> bool:
-        self.tokens = min(self.burst, self.tokens + (now - self.stamp) * self.rate)
-        self.stamp = now
-        if self.tokens >= 1.0:
-            self.tokens -= 1.0
-            return True
-        return False
-
-    def wait_time(self) -> float:
-        return max(0.0, (1.0 - self.tokens) / self.rate) if self.rate > 0 else SELECT_INTERVAL
-
-
 class ChatSession:
     """One user's presence on one server, across reconnects, run by one thread.
 
@@ -617,7 +597,7 @@ class ChatSession:
         self._password: str | None = None
         self._tls_ca: str | None = None
         self._initial_rooms: tuple[str, ...] = ()
-        self._bucket = _Bucket(requests_per_s, request_burst)
+        self._bucket = limites.TokenBucket(requests_per_s, request_burst)
 
         self._lock = threading.Lock()  # guards everything down to the next comment
         # idle, opening, registering, connected, waiting (to reconnect), closing, closed
@@ -830,8 +810,8 @@ class ChatSession:
         """Move paced lines to the output as tokens allow; seconds until the next, or None."""
         now = time.monotonic()
         while self._waiting:
-            if not force and not self._bucket.take(now):
-                return self._bucket.wait_time()
+            if not force and not self._bucket.take(1.0, now):
+                return self._bucket.wait(1.0, now) if self._bucket.rate > 0 else SELECT_INTERVAL
             line = self._waiting.popleft()
             self._waiting_bytes -= len(line)
             self._outgoing += line

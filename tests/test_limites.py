@@ -18,6 +18,7 @@ import pytest
 import simulacao
 from wire import WireClient, running_server, wait_until
 
+import limites
 import servidor
 
 # --------------------------------------------------------------------------
@@ -336,3 +337,32 @@ def test_cli_help_documents_each_limit_with_its_default():
     assert text.count("0 = sem limite") >= 4
     assert "(padrão: 64)" in text and "(padrão: 20)" in text and "(padrão: 100)" in text
     assert "(padrão: 60)" in text
+
+
+# --------------------------------------------------------------------------
+# limites.TokenBucket: the one rate limiter (server, discovery, client)
+
+
+def test_token_bucket_lets_a_burst_through_then_the_rate():
+    bucket = limites.TokenBucket(rate=10, burst=3, now=100.0)
+    assert [bucket.take(now=100.0) for _ in range(4)] == [True, True, True, False]
+    assert bucket.take(now=100.05) is False  # half a token refilled
+    assert bucket.take(now=100.11) is True
+    assert bucket.full(now=100.0 + 10) is True  # refills, but never past the burst
+    assert bucket.level(now=1000.0) == 3
+
+
+def test_token_bucket_charge_goes_into_debt_and_wait_says_how_long():
+    bucket = limites.TokenBucket(rate=100, burst=10, now=0.0)
+    bucket.charge(60, now=0.0)
+    assert bucket.level(now=0.0) == -50
+    assert bucket.wait(now=0.0) == pytest.approx(0.5, abs=0.01)
+    assert bucket.wait(now=0.6) == 0.0
+    assert bucket.take(5, now=0.6) is True  # 10 back after 0.6 s, capped at the burst
+
+
+def test_token_bucket_wait_for_an_amount_and_a_zero_rate():
+    bucket = limites.TokenBucket(rate=2, burst=1, now=0.0)
+    assert bucket.take(now=0.0)
+    assert bucket.wait(1.0, now=0.0) == pytest.approx(0.5, abs=0.01)
+    assert limites.TokenBucket(rate=0, burst=1, now=0.0).wait(5.0, now=0.0) == float("inf")
