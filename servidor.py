@@ -3,7 +3,7 @@
 How a line travels, so a reader can follow it:
 
 1. ``Servidor`` accepts a socket, counts it against its address
-   (``AddressBook``) and starts a ``ClientConnection`` thread. Every socket
+   (``limites.AddressBook``) and starts a ``ClientConnection`` thread. Every socket
    is non-blocking for good; a thread that must wait for one waits in
    ``rede.wait_readable``/``wait_writable`` with a bound. No platform-only
    socket call is needed, so the same code runs on Linux, Windows and macOS.
@@ -42,7 +42,6 @@ import argparse
 import collections
 import contextlib
 import functools
-import ipaddress
 import logging
 import math
 import selectors
@@ -106,10 +105,6 @@ CATCH_UP_PAGE = 200
 """Messages pushed per page to an account catching up on what waited for it."""
 MAINTENANCE_INTERVAL = 0.5
 """Seconds between the maintenance thread's rounds (cursors, stalls, address table)."""
-ADDRESS_IDLE_FORGET_S = 600.0
-"""An address with no connection and full budgets is forgotten after this long."""
-MAX_ADDRESSES = 100_000
-"""Bound on the per-address table (the addresses with connections always stay)."""
 HANDSHAKE_SEND_BOUND = 10.0
 """Seconds a TLS record we must send may make no progress (when no TEMPO clock runs)."""
 MAX_GROUP_MESSAGES = 512
@@ -172,6 +167,16 @@ class ServerConfig:
     name: str = ""
     """The name announced to discovery probes; "" means the host name."""
 
+    def address_limits(self) -> limites.AddressLimits:
+        """The per-address part of this configuration."""
+        return limites.AddressLimits(
+            max_clients=self.max_clients, max_per_ip=self.max_per_ip,
+            lines=self.address_lines, lines_burst=self.address_lines_burst,
+            bytes=self.address_bytes, bytes_burst=self.address_bytes_burst,
+            registrations=self.registrations, registrations_burst=self.registrations_burst,
+            tls_handshakes=self.tls_handshakes, tls_handshakes_burst=self.tls_handshakes_burst,
+            failed_passwords=self.failed_passwords, accounts_per_hour=self.accounts_per_hour)
+
 
 # --------------------------------------------------------------------------
 # Addresses and budgets
@@ -182,135 +187,6 @@ def _plain_ip(ip: str) -> str:
     if ip.startswith("::ffff:") and "." in ip:
         return ip[len("::ffff:"):]
     return ip
-
-
-def address_key(ip: str) -> str:
-    """What counts as "one address" for the per-address limits.
-
-    An IPv6 host usually owns a whole /64 and can pick any address in it,
-    so IPv6 addresses are counted by their /64; IPv4 by the exact address.
-    """
-    if ":" not in ip:
-        return ip
-    try:
-        network = ipaddress.ip_network(f"{ip.split('%')[0]}/64", strict=False)
-    except ValueError:
-        return ip
-    return str(network)
-
-
-def _bucket(rate: float, burst: int) -> limites.TokenBucket | None:
-    """A rate limit, or None when the option turned it off (0)."""
-    return limites.TokenBucket(rate, burst) if rate else None
-
-
-class AddressState:
-    """What one address has and may still do, shared by all its connections.
-
-    It outlives the connections (for ``ADDRESS_IDLE_FORGET_S``), so closing
-    and reopening connections never resets a budget.
-    """
-
-    def __init__(self, key: str, config: ServerConfig) -> None:
-        self.key = key
-        self.connections = 0
-        self.handshakes = 0
-        self.last_used = time.monotonic()
-        self.lines = _bucket(config.address_lines, config.address_lines_burst)
-        self.bytes = _bucket(config.address_bytes, config.address_bytes_burst)
-        self.registrations = _bucket(config.registrations, config.registrations_burst)
-        self.tls_handshakes = _bucket(config.tls_handshakes, config.tls_handshakes_burst)
-        # Only the newest `limit` times matter for either limit: keep just those.
-        self.failed_passwords: collections.deque[float] = collections.deque(
-            maxlen=max(1, config.failed_passwords))
-        self.accounts_created: collections.deque[float] = collections.deque(
-            maxlen=max(1, config.accounts_per_hour))
-        # What this address made the server do, ever (for tests and diagnostics).
-        self.lines_read = 0
-        self.bytes_charged = 0
-        self.handshakes_refused = 0
-
-    def charge_reading(self, lines: int, nbytes: int) -> None:
-        """Pay for what a connection of this address just read or caused."""
-        self.lines_read += lines
-        self.bytes_charged += nbytes
-        if self.lines is not None and lines:
-            self.lines.charge(lines)
-        if self.bytes is not None and nbytes:
-            self.bytes.charge(nbytes)
-
-    def reading_delay(self) -> float:
-        """Seconds this address's connections must wait before reading again."""
-        delay = 0.0
-        if self.lines is not None:
-            delay = self.lines.wait()
-        if self.bytes is not None:
-            delay = max(delay, self.bytes.wait())
-        return delay
-
-    def read_allowance(self) -> int:
-        """Bytes a connection of this address may read now (each byte may end a line)."""
-        allowance = RECV_CHUNK
-        for bucket in (self.lines, self.bytes):
-            if bucket is not None:
-                allowance = min(allowance, int(bucket.level()))
-        return max(allowance, THROTTLED_RECV_CHUNK)
-
-    def idle(self, now: float) -> bool:
-        """True when forgetting this address would give nothing back to anyone."""
-        if self.connections or self.handshakes or now - self.last_used < ADDRESS_IDLE_FORGET_S:
-            return False
-        buckets = (self.lines, self.bytes, self.registrations, self.tls_handshakes)
-        return all(bucket is None or bucket.full() for bucket in buckets)
-
-
-class AddressBook:
-    """The per-address table: connection counts and budgets, bounded in size."""
-
-    def __init__(self, config: ServerConfig) -> None:
-        self.config = config
-        self._lock = threading.Lock()
-        self._states: dict[str, AddressState] = {}
-
-    def admit(self, ip: str, total: int) -> tuple[AddressState | None, str]:
-        """Count a new connection from ``ip``: (its state, "") or (None, why not)."""
-        config = self.config
-        if config.max_clients and total >= config.max_clients:
-            return None, f"servidor lotado ({config.max_clients} conexões)"
-        key = address_key(ip)
-        with self._lock:
-            state = self._states.get(key)
-            if state is None:
-                if len(self._states) >= MAX_ADDRESSES:
-                    self._forget_idle_locked(time.monotonic(), force=True)
-                state = self._states[key] = AddressState(key, config)
-            if config.max_per_ip and state.connections >= config.max_per_ip:
-                return None, f"limite de {config.max_per_ip} conexões por endereço atingido"
-            state.connections += 1
-            state.last_used = time.monotonic()
-            return state, ""
-
-    def release(self, state: AddressState) -> None:
-        """Undo ``admit`` for one connection."""
-        with self._lock:
-            state.connections = max(0, state.connections - 1)
-            state.last_used = time.monotonic()
-
-    def get(self, ip: str) -> AddressState | None:
-        """The state of ``ip``'s address, if the server knows it."""
-        return self._states.get(address_key(ip))
-
-    def forget_idle(self) -> None:
-        with self._lock:
-            self._forget_idle_locked(time.monotonic(), force=False)
-
-    def _forget_idle_locked(self, now: float, force: bool) -> None:
-        for key in [key for key, state in self._states.items()
-                    if state.idle(now) or (force and not state.connections)]:
-            del self._states[key]
-
-    def __len__(self) -> int:
-        return len(self._states)
 
 
 # --------------------------------------------------------------------------
@@ -1291,7 +1167,7 @@ class ClientConnection:
     """One client's socket, served by its own thread from accept to close."""
 
     def __init__(self, server: Servidor, sock: socket.socket, ip: str, port: int,
-                 address: AddressState) -> None:
+                 address: limites.AddressState) -> None:
         self.server = server
         self.config = server.config
         self.sock = sock
@@ -1316,7 +1192,7 @@ class ClientConnection:
         """True once deliveries may go straight to this connection (after any catch-up)."""
         self.received_id = 0  # the cursor last stored for a version-1 account
         self.rooms: dict[str, Room] = {}
-        self.bucket = _bucket(self.config.rate, self.config.burst)
+        self.bucket = limites.bucket_or_none(self.config.rate, self.config.burst)
         self._pace_meter = limites.TokenBucket(LIGHT_LINES_PER_S, LIGHT_LINES_PER_S)
         self._light = True
         self.thread = threading.Thread(target=self.run, daemon=True, name=f"conexao-{self.name}")
@@ -1452,6 +1328,10 @@ class ClientConnection:
             self.address.charge_reading(len(lines), len(data))
             if lines:
                 self._handle_lines(lines)
+            if self._deadline and time.monotonic() > self._deadline:
+                self._send_now(protocolo.format_error(
+                    ErrorCode.TEMPO, "nenhum comando completo a tempo; conexão encerrada"))
+                return "tempo esgotado sem registro"
         return "SAIR"
 
     def _pace(self) -> int:
@@ -1474,7 +1354,9 @@ class ClientConnection:
             if not self.stopping.is_set():
                 self.abort("cliente parou de ler as respostas")
             return 0
-        return 0 if self.stopping.is_set() else self.address.read_allowance()
+        if self.stopping.is_set():
+            return 0
+        return self.address.read_allowance(RECV_CHUNK, THROTTLED_RECV_CHUNK)
 
     def _read(self, limit: int) -> bytes | None:
         """The next chunk from the peer; b"" at EOF; None when the TEMPO clock ran out.
@@ -1493,19 +1375,27 @@ class ClientConnection:
             except BlockingIOError:  # nothing there yet, or a TLS record still incomplete
                 if self.stopping.is_set():
                     return b""
+                if self._deadline and time.monotonic() > self._deadline:
+                    return None  # a record dribbled byte by byte does not buy time
 
     def _wait_for_data(self) -> bool:
-        """Wait until the socket has something to read; False when the TEMPO clock ran out."""
+        """Wait until the socket has something to read; False when the TEMPO clock ran out.
+
+        Past the deadline, what is already waiting is still read: a client
+        whose address was being slowed down may have sent its request in
+        time without the server having read it yet. (``_serve`` then checks
+        the clock again, so blank lines alone do not buy time.)
+        """
         if self.transport.buffered:
             return True
         while True:
             timeout = None
             if self._deadline:
-                timeout = self._deadline - time.monotonic()
-                if timeout <= 0:
-                    return False
+                timeout = max(0.0, self._deadline - time.monotonic())
             if rede.wait_readable(self.sock, timeout) or self.stopping.is_set():
                 return True
+            if timeout == 0.0:
+                return False
 
     def _handle_lines(self, lines: list[bytes | protocolo.LineTooLong]) -> None:
         """Answer a batch of lines, a bounded number per turn, then flush what they touched."""
@@ -2181,7 +2071,7 @@ class Servidor:
         self.registry = Registry()
         self.rooms = Rooms()
         self.turn = FairTurn()
-        self.addresses = AddressBook(self.config)
+        self.addresses = limites.AddressBook(self.config.address_limits())
         self.messages = MessageLog(self.store, self._deliver, self.turn)
         self.passwords = Passwords(self.config.hashing_threads)
         self.blocking_reads = rede.reads_may_block()
@@ -2346,7 +2236,7 @@ class Servidor:
             self._serve_connection(sock, ip, port, state)
 
     def _serve_connection(self, sock: socket.socket, ip: str, port: int,
-                          state: AddressState) -> None:
+                          state: limites.AddressState) -> None:
         try:
             sock.setblocking(self.blocking_reads)
             sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)

@@ -244,6 +244,17 @@ def test_complete_lines_restart_the_clock_and_registered_connections_stay():
         assert_cut_by_tempo(ana, time.monotonic(), tempo)
 
 
+def test_a_request_sent_in_time_is_not_cut_because_its_address_was_slowed():
+    """The address's budget keeps the server from reading for a while; the request
+    that arrived before the TEMPO deadline still counts."""
+    with running_server(register_timeout=0.5, address_lines=20, address_lines_burst=5) \
+            as server, WireClient(server.address, source_ip="127.0.0.7") as client:
+        client.send(b"PING a\n" + b"\n" * 30)  # 31 lines: over a second of debt
+        assert client.read_line() == "PONG a"
+        client.send_line("REGISTRAR pontual")  # well within 0.5 s of the PING
+        assert client.read_line(timeout=5) == "OK"
+
+
 def test_tempo_zero_disables_the_bound():
     with running_server(register_timeout=0) as server, WireClient(server.address) as idle:
         idle.assert_silent(3 * TEMPO)
