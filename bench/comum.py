@@ -422,7 +422,7 @@ def targets_from_args(args: argparse.Namespace) -> list[Target]:
         return [Target("externo", "chat")]
     stores = STORES if args.armazenamento == "ambos" else (args.armazenamento,)
     targets = [Target(store, "chat") for store in stores]
-    if args.ngircd:
+    if getattr(args, "ngircd", False):
         if find_ngircd() is None:
             print("aviso: --ngircd pedido, mas o ngircd não está instalado "
                   "(apt-get install ngircd): medindo só o nosso servidor", file=sys.stderr)
@@ -442,15 +442,17 @@ def open_target(target: Target, args: argparse.Namespace,
                            store=None if attach else target.name)
 
 
-def add_target_options(parser: argparse.ArgumentParser, generator: bool = True) -> None:
-    """``--armazenamento``, ``--ngircd`` and (with ``generator``) ``--gerador-c``."""
+def add_target_options(parser: argparse.ArgumentParser, generator: bool = True,
+                       ngircd: bool = True) -> None:
+    """``--armazenamento``, and (when the script can use them) ``--ngircd`` and ``--gerador-c``."""
     parser.add_argument("--armazenamento", choices=("ambos", *STORES), default="ambos",
                         help="o nosso servidor com as mensagens num arquivo SQLite (disco, o "
                              "padrão do servidor), só na memória (--efemero) ou os dois, em "
                              "rodadas alternadas (padrão: ambos)")
-    parser.add_argument("--ngircd", action="store_true",
-                        help="medir também o ngircd (servidor IRC em C), com a mesma carga, "
-                             "nas mesmas rodadas, se estiver instalado")
+    if ngircd:
+        parser.add_argument("--ngircd", action="store_true",
+                            help="medir também o ngircd (servidor IRC em C), com a mesma carga, "
+                                 "nas mesmas rodadas, se estiver instalado")
     if generator:
         parser.add_argument("--gerador-c", metavar="CAMINHO",
                             help="gerar a carga com o relay_load (gerador independente em C, "
