@@ -13,11 +13,12 @@ witness saw -- a member that never sends, the last of each room).
 What frees a window slot: in our protocol the ``OK`` to ``ENVIAR`` (the
 message is stored and handed to every member's outbox); IRC has no
 acknowledgement, so for ngircd a slot frees when the room's witness
-receives the message. Same rounds, alternating targets, as ``relay.py``:
-our server with the store on disk and in memory, and ngircd with
-``--ngircd``. ``--gerador-c`` drives the load with ``relay_load --rooms``
-instead (which checks the order per sender, not the one order across
-senders).
+receives the message. ``--janela-por testemunha`` makes our server's
+senders wait for the witness too, for a like-for-like comparison. Same
+rounds, alternating targets, as ``relay.py``: our server with the store on
+disk and in memory, and ngircd with ``--ngircd``. ``--gerador-c`` drives
+the load with ``relay_load --rooms`` instead (which checks the order per
+sender, not the one order across senders).
 
     python3 bench/salas.py                      # 1 room x 200 members x 4 senders, W = 32
     python3 bench/salas.py --ngircd
@@ -67,6 +68,8 @@ class Settings:
     size: int
     duration: float
     prefix: str
+    by_witness: bool = False
+    """A window slot frees when the room's witness gets the message (always so in IRC)."""
 
     def room_name(self, room: int) -> str:
         return f"#{self.prefix}r{room}"
@@ -91,6 +94,9 @@ class Member:
     unsent: bytes = b""
     sent: int = 0
     acked: int = 0
+    """Window slots freed: OKs (or the witness's receipts) and refusals."""
+    replies: int = 0
+    """OK and ERRO lines read (our protocol only)."""
     received: int = 0
     last_seq: dict[int, int] = field(default_factory=dict)
     order: array.array = field(default_factory=lambda: array.array("Q"))
@@ -208,7 +214,8 @@ class RoomsWorker:
             member.sock.close()
 
     def _all_acked(self) -> bool:
-        return all(m.acked >= m.sent and not m.unsent for m in self.senders.values())
+        return all(m.acked >= m.sent and not m.unsent
+                   and (self.dialect.irc or m.replies >= m.sent) for m in self.senders.values())
 
     def _expected_per_member(self, sent: dict[int, int]) -> dict[int, int]:
         """Deliveries each of this worker's members should get: its room's messages but its own."""
@@ -295,7 +302,9 @@ class RoomsWorker:
         if refused:
             self._error(f"resposta inesperada: {refused[0][:80]!r}", len(refused))
         if oks or refused:
-            member.acked += oks + len(refused)
+            member.replies += oks + len(refused)
+            # A refused message never reaches the witness: its slot frees here either way.
+            member.acked += len(refused) if self.settings.by_witness else oks + len(refused)
             self.last_progress = time.monotonic()
             self._refill(member)
 
@@ -320,8 +329,8 @@ class RoomsWorker:
                 last_seq[g] = seq
             if g == member.sender or g // self.settings.senders != member.room:
                 result.misrouted += 1
-            if self.dialect.irc and member.witness and g in self.senders:
-                sender = self.senders[g]  # IRC: the witness's receipt frees the slot
+            if self.settings.by_witness and member.witness and g in self.senders:
+                sender = self.senders[g]  # the witness's receipt frees the slot
                 sender.acked += 1
                 self._refill(sender)
         member.received += len(matches)
@@ -377,7 +386,8 @@ def assign_members(settings: Settings, processes: int) -> list[list[int]]:
 def run_once(server, target: comum.Target, args: argparse.Namespace, run_number: int) -> dict:
     settings = Settings(server.host, server.port, target.dialect, args.salas, args.membros,
                         args.remetentes, args.janela, args.tamanho, args.duracao,
-                        f"b{os.getpid() % 10000}x{run_number}")
+                        f"b{os.getpid() % 10000}x{run_number}",
+                        by_witness=target.dialect == "irc" or args.janela_por == "testemunha")
     shares = assign_members(settings, max(1, args.processos))
     context = multiprocessing.get_context("fork" if hasattr(os, "fork") else "spawn")
     workers = []
@@ -510,6 +520,8 @@ def run_once_c(server, target: comum.Target, args: argparse.Namespace, run_numbe
                  "--window", str(args.janela), "--size", str(args.tamanho),
                  "--duration", f"{args.duracao:g}",
                  "--prefix", f"c{os.getpid() % 10000}x{run_number}"]
+    if args.janela_por == "testemunha":
+        arguments += ["--window-by", "witness"]
     load = comum.load_average()
     try:
         out = comum.run_relay_load(args.gerador_c, server, target.dialect, arguments,
@@ -625,6 +637,11 @@ def build_parser() -> argparse.ArgumentParser:
                         help="rodadas; a tabela mostra a mediana (padrão: 3)")
     parser.add_argument("--processos", type=int, default=os.cpu_count() or 2,
                         help="processos geradores (padrão: número de CPUs)")
+    parser.add_argument("--janela-por", choices=("ok", "testemunha"), default="ok",
+                        help="o que libera uma vaga da janela no nosso servidor: o OK do "
+                             "ENVIAR (padrão) ou a chegada da mensagem à testemunha da sala, "
+                             "como no IRC, que não tem OK (comparação com o ngircd em pé de "
+                             "igualdade)")
     comum.add_target_options(parser)
     comum.add_server_options(parser, "PID do servidor de --attach, para medir a CPU dele")
     return parser
@@ -680,13 +697,15 @@ def main(argv: list[str] | None = None) -> int:
     ratios = comum.ratio_rows({(config, s["alvo"]): s for s in summaries}, "entregas_por_s",
                               [config])
     comum.print_ratios("Razões de entregas/s, das mesmas rodadas (medianas)", "salas", ratios)
-    if any(t.name == "ngircd" for t in targets):
+    if any(t.name == "ngircd" for t in targets) and args.janela_por == "ok":
         print("(IRC não confirma mensagens: no ngircd a janela de um remetente se libera quando "
-              "a testemunha da sala recebe; no nosso servidor, com o OK)")
+              "a testemunha da sala recebe; no nosso servidor, com o OK; --janela-por "
+              "testemunha faz os dois iguais)")
     comum.print_json_line(
         "salas",
         {"salas": args.salas, "membros": args.membros, "remetentes": args.remetentes,
-         "janela": args.janela, "tamanho": args.tamanho, "duracao_s": args.duracao,
+         "janela": args.janela, "janela_por": args.janela_por, "tamanho": args.tamanho,
+         "duracao_s": args.duracao,
          "repeticoes": args.repeticoes, "processos": args.processos,
          "alvos": [t.name for t in targets], "gerador": generator, "attach": args.attach},
         {"alvos": summaries, "razoes": ratios}, all_runs)
