@@ -629,7 +629,8 @@ def attack_reader(versions: Versions, name: str, args: argparse.Namespace) -> di
             with Attacker("rajada", (address, 64, "leitora", 3900, 100, SENDER_RATE),
                           args.ataque) as attacker:
                 attacker.start()
-                reading = read_paced(victim, READER_RATE, args.ataque + 2)
+                reading = read_paced(victim, READER_RATE,
+                                     args.ataque + (0.5 if args.rapido else 2.0))
                 senders = attacker.stop()
         finally:
             victim.close()
@@ -651,7 +652,7 @@ def attack_tls(versions: Versions, name: str, args: argparse.Namespace,
                certificate: tuple[str, str]) -> dict:
     cert, key = certificate
     context = ssl.create_default_context(cafile=cert)
-    samples = 5 if args.rapido else 20
+    samples = 4 if args.rapido else 20
     with versions.server(name, ["--tls-cert", cert, "--tls-key", key]) as server:
         address = (server.host, server.port)
         quiet = tls_connect_times(address, context, samples // 2, 0.2)
@@ -827,7 +828,7 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     if args.rapido:
-        args.ataque, args.calmo, args.depois, args.sem_antes = 1.0, 0.5, 0.5, True
+        args.ataque, args.calmo, args.depois, args.sem_antes = 0.5, 0.3, 0.3, True
     args.ataques = [a.strip() for a in args.ataques.split(",") if a.strip()]
     if args.attach:
         print("erro: ataque.py inicia os seus próprios servidores (duas versões); --attach "
