@@ -143,6 +143,11 @@ def percentile(sorted_values: Sequence[int | float], q: float) -> int | float:
     return sorted_values[rank - 1]
 
 
+def percent(value: float | None) -> str:
+    """A CPU share for a run's line: ``93.7%``, or ``-`` when it could not be measured."""
+    return "-" if value is None else f"{value}%"
+
+
 def latency_summary(sorted_us: Sequence[int]) -> dict[str, float]:
     """p50, p90, p99 and max of sorted microsecond latencies, in milliseconds."""
     figures = {name: round(percentile(sorted_us, q) / 1000, 3)

@@ -582,7 +582,8 @@ def print_run(run: dict, number: int) -> None:
     print(f"{head} {run['msgs_por_s']:>10,.0f} msg/s  "
           f"p50 {lat['p50']:.2f} ms  p99 {lat['p99']:.2f} ms  máx {lat['max']:.1f} ms  "
           f"perdidas {run['perdidas']}  fora de ordem {run['fora_de_ordem']}  "
-          f"CPU servidor {run['cpu_servidor_pct']}%  gerador {run['cpu_gerador_pct']}%"
+          f"CPU servidor {comum.percent(run['cpu_servidor_pct'])}  "
+          f"gerador {comum.percent(run['cpu_gerador_pct'])}"
           f"{probe}  (carga {run['carga_1min']})", file=sys.stderr)
     if run.get("primeiro_erro"):
         print(f"{' ' * len(head)} primeiro erro: {run['primeiro_erro']}", file=sys.stderr)
