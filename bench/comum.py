@@ -10,6 +10,14 @@ Every script ends its output the same way: a table of medians
 (``print_json_line``); the command-line options they share come from
 ``add_server_options``. ``bench/soak.py`` uses the server starter and the
 /proc readers from here too.
+
+Side-by-side comparisons (``relay.py``, ``salas.py``, ``conexoes.py``) run
+the same load against several *targets* in alternating rounds: our server
+with its message store on disk (``disco``) or in memory only (``memoria``),
+and, with ``--ngircd``, the IRC server ngircd as an anchor (``ngircd``),
+started from ``bench/ngircd.conf`` on a free port. ``--gerador-c`` drives
+the load with the independent C generator ``relay_load`` instead of the
+Python one, to cross-check the figures.
 """
 
 from __future__ import annotations
@@ -21,13 +29,16 @@ import json
 import os
 import platform
 import resource
+import shutil
 import socket
 import statistics
 import subprocess
 import sys
+import tempfile
 import threading
 import time
 from collections.abc import Sequence
+from dataclasses import dataclass
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parent.parent
@@ -36,6 +47,9 @@ UNLIMITED_OPTIONS = ("--taxa", "0", "--taxa-ip", "0", "--banda-ip", "0", "--regi
                      "--max-por-ip", "0")
 """Every abuse limit a load generator on one address would hit, turned off."""
 CLOCK_TICKS = os.sysconf("SC_CLK_TCK") if hasattr(os, "sysconf") else 100
+NGIRCD_CONF = Path(__file__).resolve().with_name("ngircd.conf")
+STORES = ("disco", "memoria")
+"""Our server's two storage configurations: SQLite file (the default) and ``--efemero``."""
 
 
 def loopback_target(text: str) -> tuple[str, int]:
@@ -121,6 +135,27 @@ def median(values: list[float]) -> float:
     return statistics.median(values) if values else float("nan")
 
 
+def percentile(sorted_values: Sequence[int | float], q: float) -> int | float:
+    """Nearest-rank percentile of an already sorted sequence (0 when empty)."""
+    if not sorted_values:
+        return 0
+    rank = max(1, min(len(sorted_values), int(q * len(sorted_values) + 0.999999)))
+    return sorted_values[rank - 1]
+
+
+def percent(value: float | None) -> str:
+    """A CPU share for a run's line: ``93.7%``, or ``-`` when it could not be measured."""
+    return "-" if value is None else f"{value}%"
+
+
+def latency_summary(sorted_us: Sequence[int]) -> dict[str, float]:
+    """p50, p90, p99 and max of sorted microsecond latencies, in milliseconds."""
+    figures = {name: round(percentile(sorted_us, q) / 1000, 3)
+               for name, q in (("p50", 0.50), ("p90", 0.90), ("p99", 0.99))}
+    figures["max"] = round((sorted_us[-1] if sorted_us else 0) / 1000, 3)
+    return figures
+
+
 def stop_process(process: subprocess.Popen, timeout: float = 5.0) -> None:
     """SIGTERM, then SIGKILL after ``timeout`` seconds; the process is always reaped."""
     if process.poll() is None:
@@ -138,15 +173,20 @@ class ServerUnderTest:
     A started server gets ``options`` on its command line. By default that is
     every abuse limit off (rate, per-address and total connections) and
     WARNING logging, so what is measured is relaying, not throttling or log
-    writing. With ``watch_log`` the server's log (stderr) is read by a thread,
-    so the pipe never fills, and its ERROR lines are kept in ``errors``: a
-    server that logged one has hit an unexpected exception. (The log must then
+    writing. ``store`` says where the messages live: ``"memoria"``
+    (``--efemero``, the default here), ``"disco"`` (``--dados`` on a file in
+    a temporary directory made for this server and removed when it stops),
+    or None for a server that has no such options (version 1). With
+    ``watch_log`` the server's log (stderr) is read by a thread, so the pipe
+    never fills, and its ERROR lines are kept in ``errors``: a server that
+    logged one has hit an unexpected exception. (The log must then
     be at INFO level or below, for the line that announces the port.)
     """
 
     def __init__(self, attach: tuple[str, int] | None = None, script: Path = SERVER_SCRIPT,
                  max_clients: int = 100_000, pid: int | None = None, *,
-                 options: Sequence[str] | None = None, watch_log: bool = False) -> None:
+                 options: Sequence[str] | None = None, watch_log: bool = False,
+                 store: str | None = "memoria") -> None:
         self.attach = attach
         self.script = Path(script)
         self.max_clients = max_clients
@@ -154,8 +194,11 @@ class ServerUnderTest:
         self.pid = pid
         self.options = list(options) if options is not None else [
             *UNLIMITED_OPTIONS, "--max-clientes", str(max_clients), "--log-level", "WARNING"]
-        if "--dados" not in self.options and "--efemero" not in self.options:
+        self.store = store
+        if store == "memoria" and "--dados" not in self.options \
+                and "--efemero" not in self.options:
             self.options.insert(0, "--efemero")  # never the user's own data directory
+        self._data_dir: tempfile.TemporaryDirectory | None = None
         self.watch_log = watch_log
         self.errors: list[str] = []
         self._process: subprocess.Popen[bytes] | None = None
@@ -179,11 +222,19 @@ class ServerUnderTest:
         its thread would still show in the server's thread count right after.
         """
         self.port = 0 if self.watch_log else free_port(self.host)
+        options = list(self.options)
+        if self.store == "disco" and "--dados" not in options:
+            self._data_dir = tempfile.TemporaryDirectory(prefix="bench-dados-")
+            options[:0] = ["--dados", str(Path(self._data_dir.name) / "chat.sqlite3")]
         command = [sys.executable, str(self.script), "--host", self.host,
-                   "--port", str(self.port), *self.options]
-        self._process = subprocess.Popen(
-            command, cwd=self.script.parent, stdin=subprocess.DEVNULL,
-            stderr=subprocess.PIPE if self.watch_log else None)
+                   "--port", str(self.port), *options]
+        try:
+            self._process = subprocess.Popen(
+                command, cwd=self.script.parent, stdin=subprocess.DEVNULL,
+                stderr=subprocess.PIPE if self.watch_log else None)
+        except OSError:
+            self.stop()
+            raise
         self.pid = self._process.pid
         if self.watch_log:
             self._log_reader = threading.Thread(target=self._read_log, args=(self._process,),
@@ -192,8 +243,9 @@ class ServerUnderTest:
         deadline = time.monotonic() + 10.0
         while time.monotonic() < deadline:
             if self._process.poll() is not None:
-                raise RuntimeError(f"o servidor terminou ao iniciar (código "
-                                   f"{self._process.returncode})")
+                code = self._process.returncode
+                self.stop()
+                raise RuntimeError(f"o servidor terminou ao iniciar (código {code})")
             if self._ready():
                 return self
         self.stop()
@@ -232,11 +284,18 @@ class ServerUnderTest:
     def stop(self) -> None:
         """SIGTERM, then SIGKILL after 5 s: the started server never outlives the run."""
         process, self._process = self._process, None
-        if process is None:
-            return
-        stop_process(process)
-        if self._log_reader is not None:
-            self._log_reader.join(5.0)
+        if process is not None:
+            stop_process(process)
+            if self._log_reader is not None:
+                self._log_reader.join(5.0)
+        data_dir, self._data_dir = self._data_dir, None
+        if data_dir is not None:
+            data_dir.cleanup()
+
+    @property
+    def process(self) -> subprocess.Popen[bytes] | None:
+        """The started server's process (None when attached or stopped)."""
+        return self._process
 
     @property
     def cpu(self) -> float | None:
@@ -244,6 +303,230 @@ class ServerUnderTest:
 
     def status(self) -> dict[str, int]:
         return process_status(self.pid)
+
+
+# --------------------------------------------------------------------------
+# ngircd, the anchor: a C IRC server measured side by side with ours
+
+
+def find_ngircd() -> str | None:
+    """The ngircd program, if installed (Debian puts it in /usr/sbin)."""
+    found = shutil.which("ngircd")
+    if found is None and os.access("/usr/sbin/ngircd", os.X_OK):
+        found = "/usr/sbin/ngircd"
+    return found
+
+
+class NgircdUnderTest:
+    """ngircd in the foreground with ``bench/ngircd.conf`` on a free loopback port.
+
+    The configuration is copied into a temporary directory with only the
+    ``Ports`` line changed, so two runs never share a port. ngircd starts as
+    root here and drops to "nobody" by itself. Same interface as
+    ``ServerUnderTest`` where the benchmarks need it: ``host``, ``port``,
+    ``pid``, ``cpu``, ``status()``, a ``with`` block that always stops it.
+    """
+
+    dialect = "irc"
+
+    def __init__(self, binary: str) -> None:
+        self.binary = binary
+        self.host, self.port = "127.0.0.1", 0
+        self.pid: int | None = None
+        self._process: subprocess.Popen[bytes] | None = None
+        self._directory: tempfile.TemporaryDirectory | None = None
+
+    def __enter__(self) -> NgircdUnderTest:
+        return self.start()
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.stop()
+
+    def start(self) -> NgircdUnderTest:
+        self.port = free_port(self.host)
+        self._directory = tempfile.TemporaryDirectory(prefix="bench-ngircd-")
+        directory = Path(self._directory.name)
+        lines = []
+        for line in NGIRCD_CONF.read_text(encoding="utf-8").splitlines():
+            key = line.strip().split("=")[0].strip()
+            if key == "Ports":
+                line = f"\tPorts = {self.port}"
+            elif key == "Listen":
+                line = f"\tListen = {self.host}"
+            lines.append(line)
+        config = directory / "ngircd.conf"
+        config.write_text("\n".join(lines) + "\n", encoding="utf-8")
+        os.chmod(directory, 0o755)
+        os.chmod(config, 0o644)
+        log_path = directory / "ngircd.log"
+        try:
+            with open(log_path, "wb") as log:
+                self._process = subprocess.Popen(
+                    [self.binary, "-n", "-f", str(config)], stdin=subprocess.DEVNULL,
+                    stdout=log, stderr=subprocess.STDOUT)
+        except OSError:
+            self.stop()
+            raise
+        self.pid = self._process.pid
+        deadline = time.monotonic() + 10.0
+        while time.monotonic() < deadline:
+            if self._process.poll() is not None:
+                tail = log_path.read_text(errors="replace")[-300:]
+                self.stop()
+                raise RuntimeError(f"o ngircd terminou ao iniciar: {tail}")
+            with contextlib.suppress(OSError), \
+                    socket.create_connection((self.host, self.port), timeout=0.5):
+                return self
+            time.sleep(0.05)
+        self.stop()
+        raise RuntimeError("o ngircd não passou a aceitar conexões em 10 s")
+
+    def stop(self) -> None:
+        process, self._process = self._process, None
+        if process is not None:
+            stop_process(process)
+        directory, self._directory = self._directory, None
+        if directory is not None:
+            directory.cleanup()
+
+    @property
+    def cpu(self) -> float | None:
+        return cpu_seconds(self.pid)
+
+    def status(self) -> dict[str, int]:
+        return process_status(self.pid)
+
+
+# --------------------------------------------------------------------------
+# Targets: what a side-by-side benchmark runs the same load against
+
+
+@dataclass(frozen=True)
+class Target:
+    """One server configuration of a comparison.
+
+    ``name`` is ``disco`` or ``memoria`` (our server, store on or off),
+    ``ngircd``, or ``externo`` (a server given with ``--attach``);
+    ``dialect`` is what the load generator speaks to it.
+    """
+
+    name: str
+    dialect: str
+
+    @property
+    def ours(self) -> bool:
+        return self.dialect == "chat"
+
+
+def targets_from_args(args: argparse.Namespace) -> list[Target]:
+    """The targets ``--armazenamento``, ``--ngircd`` and ``--attach`` ask for, in round order.
+
+    ``--ngircd`` without ngircd installed prints why and runs without it.
+    """
+    if args.attach:
+        return [Target("externo", "chat")]
+    stores = STORES if args.armazenamento == "ambos" else (args.armazenamento,)
+    targets = [Target(store, "chat") for store in stores]
+    if getattr(args, "ngircd", False):
+        if find_ngircd() is None:
+            print("aviso: --ngircd pedido, mas o ngircd não está instalado "
+                  "(apt-get install ngircd): medindo só o nosso servidor", file=sys.stderr)
+        else:
+            targets.append(Target("ngircd", "irc"))
+    return targets
+
+
+def open_target(target: Target, args: argparse.Namespace,
+                max_clients: int = 100_000) -> ServerUnderTest | NgircdUnderTest:
+    """A started (or attached) server for ``target``; use it in a ``with`` block."""
+    if target.name == "ngircd":
+        return NgircdUnderTest(find_ngircd() or "ngircd")
+    attach = loopback_target(args.attach) if args.attach else None
+    return ServerUnderTest(attach, args.servidor, max_clients=max_clients,
+                           pid=getattr(args, "pid_servidor", None),
+                           store=None if attach else target.name)
+
+
+def add_target_options(parser: argparse.ArgumentParser, generator: bool = True,
+                       ngircd: bool = True) -> None:
+    """``--armazenamento``, and (when the script can use them) ``--ngircd`` and ``--gerador-c``."""
+    parser.add_argument("--armazenamento", choices=("ambos", *STORES), default="ambos",
+                        help="o nosso servidor com as mensagens num arquivo SQLite (disco, o "
+                             "padrão do servidor), só na memória (--efemero) ou os dois, em "
+                             "rodadas alternadas (padrão: ambos)")
+    if ngircd:
+        parser.add_argument("--ngircd", action="store_true",
+                            help="medir também o ngircd (servidor IRC em C), com a mesma carga, "
+                                 "nas mesmas rodadas, se estiver instalado")
+    if generator:
+        parser.add_argument("--gerador-c", metavar="CAMINHO",
+                            help="gerar a carga com o relay_load (gerador independente em C, "
+                                 "compilado de ../shared/bench/relay_load.c) em vez do gerador "
+                                 "em Python, para conferir os números")
+
+
+def ratio_rows(summaries: dict[tuple[object, str], dict], key: str, keys: Sequence[object]
+               ) -> list[dict]:
+    """Same-run ratios of ``key`` between targets, for each configuration in ``keys``.
+
+    ``summaries`` maps (configuration, target name) to a summary holding
+    ``key``. Ratios are ours/ngircd for each of our stores, and disk/memory
+    (what the store costs).
+    """
+    rows = []
+    for config in keys:
+        row: dict = {"config": config}
+        values = {name: summaries.get((config, name), {}).get(key) for name in
+                  ("disco", "memoria", "ngircd")}
+        for store in STORES:
+            if values[store] and values["ngircd"]:
+                row[f"{store}_ngircd"] = round(values[store] / values["ngircd"], 3)
+        if values["disco"] and values["memoria"]:
+            row["disco_memoria"] = round(values["disco"] / values["memoria"], 3)
+        if len(row) > 1:
+            rows.append(row)
+    return rows
+
+
+def print_ratios(title: str, label: str, rows: list[dict]) -> None:
+    """The ratio table: ours/ngircd per store, and the store's cost (1 - disk/memory)."""
+    if not rows:
+        return
+    print_table_header(title, f"{label:>8} {'disco/ngircd':>12} {'memória/ngircd':>14} "
+                              f"{'disco/memória':>13} {'custo do disco':>14}")
+    for row in rows:
+        cells = [f"{row[k]:.2f}" if k in row else "-"
+                 for k in ("disco_ngircd", "memoria_ngircd", "disco_memoria")]
+        cost = f"{100 * (1 - row['disco_memoria']):.0f}%" if "disco_memoria" in row else "-"
+        print(f"{row['config']!s:>8} {cells[0]:>12} {cells[1]:>14} {cells[2]:>13} {cost:>14}")
+
+
+# --------------------------------------------------------------------------
+# relay_load, the independent C generator
+
+
+def run_relay_load(binary: str, server: ServerUnderTest | NgircdUnderTest, dialect: str,
+                   arguments: Sequence[str], timeout: float) -> dict:
+    """Run ``relay_load`` against ``server``; its JSON result (the last line it prints)."""
+    command = [binary, "--dialect", dialect, "--host", server.host, "--port", str(server.port),
+               "--timeout", f"{timeout:g}", *arguments]
+    if server.pid:
+        command += ["--server-pid", str(server.pid)]
+    try:
+        completed = subprocess.run(command, capture_output=True, text=True,
+                                   timeout=timeout + 30, check=False)
+    except (OSError, subprocess.TimeoutExpired) as exc:
+        raise RuntimeError(f"relay_load: {exc}") from None
+    for line in reversed(completed.stdout.splitlines()):
+        if line.startswith("{"):
+            return json.loads(line)
+    raise RuntimeError(f"relay_load não deu resultado (código {completed.returncode}): "
+                       f"{completed.stderr.strip()[-300:]}")
+
+
+def ms_from_us(latency_us: dict) -> dict[str, float]:
+    """relay_load's latency figures (µs) in this package's form (ms)."""
+    return {k: round(latency_us.get(k, 0) / 1000, 3) for k in ("p50", "p90", "p99", "max")}
 
 
 # --------------------------------------------------------------------------

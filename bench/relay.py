@@ -6,13 +6,27 @@ sequence number (``T<ns>Q<seq>X`` padded with ``x``), and each receiver
 checks who sent it, the order, and how long it took (one-way, on the
 system-wide monotonic clock, so generator processes can be compared).
 
+The same load runs, in alternating rounds, against several targets: our
+server with the message store on disk (``disco``: ``--dados`` on a fresh
+temporary file, the server's default configuration) and in memory only
+(``memoria``: ``--efemero``), and with ``--ngircd`` the IRC server ngircd
+(``PRIVMSG``; IRC has no OK, so a sender's window slot frees when its
+receiver gets the message). The table shows the median of each target, and
+the ratios ours/ngircd and disk/memory from the same rounds.
+
+``--sonda MS`` adds a light user: one more ordinary pair, in its own
+process, sending one message every MS milliseconds while the P busy pairs
+run; its latency is reported apart. ``--gerador-c`` runs the same rounds
+with the C generator ``relay_load`` instead, to cross-check.
+
 The generator must not be what limits the figure: the pairs are spread over
 several processes (``--processos``), each one a single-threaded
 ``selectors`` loop over non-blocking sockets, and their CPU use is printed
 next to the server's (from ``/proc/<pid>/stat``).
 
-    python3 bench/relay.py                      # P = 1, 10, 100, 500; 3 runs each
-    python3 bench/relay.py --pares 100 --duracao 10
+    python3 bench/relay.py                      # P = 1, 10, 100, 500; disk and memory
+    python3 bench/relay.py --pares 100 --sonda 10 --ngircd
+    python3 bench/relay.py --pares 100 --ngircd --gerador-c /tmp/relay_load
     python3 bench/relay.py --attach 127.0.0.1:1998 --pares 10
     python3 bench/relay.py --rapido             # a few seconds, for CI
 
@@ -26,7 +40,6 @@ import argparse
 import array
 import multiprocessing
 import os
-import re
 import selectors
 import socket
 import sys
@@ -34,11 +47,13 @@ import time
 from dataclasses import dataclass, field
 
 import comum
+import dialeto
 
-MSG_RE = re.compile(rb"MSG (\S+) \S+ T(\d+)Q(\d+)X")
 RECV_SIZE = 256 * 1024
 IDLE_LIMIT = 5.0
 """Seconds without progress after which a run gives up and counts the rest as lost."""
+C_MESSAGES = 1_000_000_000
+"""relay_load's per-sender message count: more than any run sends (``--duracao`` stops it)."""
 
 
 @dataclass
@@ -49,6 +64,9 @@ class Settings:
     size: int
     duration: float
     prefix: str
+    dialect: str = "chat"
+    interval: float = 0.0
+    """Seconds between messages of a paced (light) pair; 0 = keep the window full."""
 
 
 @dataclass
@@ -78,6 +96,7 @@ class WorkerResult:
     misrouted: int = 0
     errors: int = 0
     bad_lines: int = 0
+    late_ticks: int = 0
     first_error: str = ""
     finished_at: float = 0.0
     cpu: float = 0.0
@@ -90,27 +109,29 @@ class WorkerResult:
 # Generator process
 
 
-def _connect_registered(settings: Settings, nick: str) -> socket.socket:
-    """A blocking connection that has registered ``nick`` (relay form)."""
+def _connect_registered(settings: Settings, nick: str) -> tuple[socket.socket, bytes]:
+    """A blocking connection that has registered ``nick``, and any bytes read past the reply."""
     sock = socket.create_connection((settings.host, settings.port), timeout=30)
     sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-    sock.sendall(f"REGISTRAR {nick}\n".encode())
-    reply = b""
-    while not reply.endswith(b"\n"):
-        chunk = sock.recv(4096)
-        if not chunk:
-            raise ConnectionError(f"{nick}: o servidor fechou a conexão no registro")
-        reply += chunk
-    if reply != b"OK\n":
-        raise ConnectionError(f"{nick}: registro recusado: {reply.decode(errors='replace')!r}")
-    return sock
+    try:
+        leftover = dialeto.DIALECTS[settings.dialect].register(sock, nick)
+    except OSError:
+        sock.close()
+        raise
+    return sock, leftover
 
 
 class PairsWorker:
-    """Drives some pairs from one process: one ``selectors`` loop, no threads."""
+    """Drives some pairs from one process: one ``selectors`` loop, no threads.
+
+    A paced worker (``settings.interval`` > 0) is the light user: it sends
+    one message every interval, whatever comes back, instead of keeping a
+    window full.
+    """
 
     def __init__(self, settings: Settings, indices: list[int]) -> None:
         self.settings = settings
+        self.dialect = dialeto.DIALECTS[settings.dialect]
         self.indices = indices
         self.pairs: list[Pair] = []
         self.selector = selectors.DefaultSelector()
@@ -118,15 +139,23 @@ class PairsWorker:
         self.latencies = array.array("q")
         self.stopping = False
         self.last_progress = 0.0
+        self.paced = settings.interval > 0
+        self.next_tick = 0.0
 
     def connect(self) -> None:
         prefix = self.settings.prefix
         for index in self.indices:
             receiver_nick = f"{prefix}r{index}"
             sender_nick = f"{prefix}s{index}"
-            receiver = _connect_registered(self.settings, receiver_nick)
-            sender = _connect_registered(self.settings, sender_nick)
-            self.pairs.append(Pair(index, sender, receiver, receiver_nick, sender_nick.encode()))
+            receiver, leftover = _connect_registered(self.settings, receiver_nick)
+            try:
+                sender, _ = _connect_registered(self.settings, sender_nick)
+            except OSError:
+                receiver.close()
+                raise
+            pair = Pair(index, sender, receiver, receiver_nick, sender_nick.encode())
+            pair.msg_partial = leftover
+            self.pairs.append(pair)
         for pair in self.pairs:
             for sock in (pair.sender, pair.receiver):
                 sock.setblocking(False)
@@ -143,6 +172,7 @@ class PairsWorker:
         stop_at = start_at + settings.duration
         hard_deadline = stop_at + 30.0
         self.last_progress = time.monotonic()
+        self.next_tick = time.monotonic()
         for pair in self.pairs:
             self._refill(pair)
         result = self.result
@@ -155,7 +185,11 @@ class PairsWorker:
             if now - self.last_progress > IDLE_LIMIT or now > hard_deadline:
                 result.idle_out = True
                 break
-            for key, mask in self.selector.select(0.05):
+            wait = 0.05
+            if self.paced and not self.stopping:
+                self._tick(now)
+                wait = min(wait, max(0.0, self.next_tick - time.monotonic()))
+            for key, mask in self.selector.select(wait):
                 is_sender, pair = key.data
                 if mask & selectors.EVENT_WRITE:
                     self._send_unsent(pair)
@@ -177,24 +211,39 @@ class PairsWorker:
 
     # -- senders --
 
-    def _refill(self, pair: Pair) -> None:
-        """Top the window up to W messages awaiting their OK."""
-        if self.stopping or pair.unsent:
-            return
-        room = self.settings.window - (pair.sent - pair.acked)
-        if room <= 0:
-            return
+    def _lines(self, pair: Pair, count: int) -> bytes:
+        """``count`` messages for ``pair``'s receiver, numbered from ``pair.sent``."""
         stamp = f"T{time.monotonic_ns()}Q"
-        head = f"ENVIAR {pair.receiver_nick} {stamp}"
         fill = self.settings.size - len(stamp)
         pad = "x" * max(fill, 0)
+        direct = self.dialect.direct
         lines = []
-        for seq in range(pair.sent, pair.sent + room):
+        for seq in range(pair.sent, pair.sent + count):
             tail = f"{seq}X"
-            lines.append(f"{head}{tail}{pad[:fill - len(tail)]}\n")
-        pair.sent += room
-        self.result.sent += room
-        self._send(pair, "".join(lines).encode())
+            lines.append(direct(pair.receiver_nick, f"{stamp}{tail}{pad[:fill - len(tail)]}"))
+        pair.sent += count
+        self.result.sent += count
+        return "".join(lines).encode()
+
+    def _refill(self, pair: Pair) -> None:
+        """Top the window up to W messages awaiting their OK (IRC: their receipt)."""
+        if self.paced or self.stopping or pair.unsent:
+            return
+        room = self.settings.window - (pair.sent - pair.acked)
+        if room > 0:
+            self._send(pair, self._lines(pair, room))
+
+    def _tick(self, now: float) -> None:
+        """Paced pair: one message when its time has come; a late loop skips, never bursts."""
+        if now < self.next_tick:
+            return
+        if now - self.next_tick > self.settings.interval:
+            self.result.late_ticks += 1
+            self.next_tick = now
+        self.next_tick += self.settings.interval
+        for pair in self.pairs:
+            if not pair.unsent:
+                self._send(pair, self._lines(pair, 1))
 
     def _send(self, pair: Pair, data: bytes) -> None:
         try:
@@ -221,6 +270,9 @@ class PairsWorker:
         data = pair.ack_partial + data
         end = data.rfind(b"\n") + 1
         pair.ack_partial = data[end:]
+        if self.dialect.irc:  # no acknowledgements in IRC: only PINGs to answer
+            self._answer_pings(pair.sender, data[:end])
+            return
         lines = data.count(b"\n", 0, end)
         if not lines:
             return
@@ -232,6 +284,14 @@ class PairsWorker:
         self.result.acked += lines
         self.last_progress = time.monotonic()
         self._refill(pair)
+
+    def _answer_pings(self, sock: socket.socket, data: bytes) -> None:
+        pongs = self.dialect.pongs(data)
+        if pongs:
+            try:
+                sock.send(pongs)
+            except OSError as exc:
+                self._error(f"PONG não enviado: {exc}")
 
     # -- receivers --
 
@@ -245,8 +305,12 @@ class PairsWorker:
         pair.msg_partial = data[end:]
         if not end:
             return
-        matches = MSG_RE.findall(data, 0, end)
-        bad = data.count(b"\n", 0, end) - len(matches)
+        matches = self.dialect.direct_re.findall(data, 0, end)
+        if self.dialect.irc:
+            self._answer_pings(pair.receiver, data[:end])
+            bad = data.count(self.dialect.delivery_marker, 0, end) - len(matches)
+        else:
+            bad = data.count(b"\n", 0, end) - len(matches)
         if bad:
             self.result.bad_lines += bad
         add = self.latencies.append
@@ -265,6 +329,10 @@ class PairsWorker:
         pair.received += len(matches)
         self.result.received += len(matches)
         self.last_progress = time.monotonic()
+        if self.dialect.irc:  # the receipt is IRC's acknowledgement
+            pair.acked += len(matches)
+            self.result.acked += len(matches)
+            self._refill(pair)
 
     def _recv(self, sock: socket.socket) -> bytes:
         try:
@@ -311,31 +379,58 @@ def worker_main(settings: Settings, indices: list[int], conn) -> None:
 # One run and its figures
 
 
-def percentile(sorted_values: list[int], q: float) -> int:
-    """Nearest-rank percentile of an already sorted list."""
-    if not sorted_values:
-        return 0
-    rank = max(1, min(len(sorted_values), int(q * len(sorted_values) + 0.999999)))
-    return sorted_values[rank - 1]
-
-
-def run_once(server: comum.ServerUnderTest, pairs: int, args: argparse.Namespace,
-             run_number: int) -> dict:
-    """One measurement: P pairs over the given processes, for ``duracao`` seconds."""
-    processes = max(1, min(args.processos, pairs))
-    prefix = f"b{os.getpid() % 10000}x{run_number}"
-    settings = Settings(server.host, server.port, args.janela, args.tamanho,
-                        args.duracao, prefix)
+def _start_workers(jobs: list[tuple[Settings, list[int]]]) -> list[tuple]:
     context = multiprocessing.get_context("fork" if hasattr(os, "fork") else "spawn")
     workers = []
-    for k in range(processes):
-        indices = list(range(k, pairs, processes))
+    for settings, indices in jobs:
         parent_end, child_end = context.Pipe()
         process = context.Process(target=worker_main, args=(settings, indices, child_end),
                                   daemon=True)
         process.start()
         child_end.close()
         workers.append((process, parent_end))
+    return workers
+
+
+def _figures(results: list[WorkerResult], start_at: float) -> dict:
+    """Totals and latency percentiles of some workers' results."""
+    end = max(r.finished_at for r in results)
+    seconds = max(end - start_at, 1e-9)
+    latencies = array.array("q")
+    for r in results:
+        latencies.frombytes(r.latencies)
+    total = {name: sum(getattr(r, name) for r in results)
+             for name in ("sent", "acked", "received", "out_of_order", "misrouted",
+                          "errors", "bad_lines", "late_ticks")}
+    return {
+        "msgs_por_s": round(total["received"] / seconds, 1),
+        "latencia_ms": comum.latency_summary(sorted(latencies)),
+        "enviadas": total["sent"],
+        "entregues": total["received"],
+        "perdidas": total["sent"] - total["received"],
+        "fora_de_ordem": total["out_of_order"],
+        "trocadas": total["misrouted"],
+        "erros": total["errors"] + total["bad_lines"],
+        "primeiro_erro": next((r.first_error for r in results if r.first_error), ""),
+        "segundos": round(seconds, 3),
+        "atrasos_sonda": total["late_ticks"],
+        "ocioso": any(r.idle_out for r in results),
+    }
+
+
+def run_once(server, target: comum.Target, pairs: int, args: argparse.Namespace,
+             run_number: int) -> dict:
+    """One measurement with the Python generator: P pairs (and the probe) for ``duracao`` s."""
+    processes = max(1, min(args.processos, pairs))
+    prefix = f"b{os.getpid() % 10000}x{run_number}"
+    settings = Settings(server.host, server.port, args.janela, args.tamanho,
+                        args.duracao, prefix, target.dialect)
+    jobs = [(settings, list(range(k, pairs, processes))) for k in range(processes)]
+    if args.sonda:
+        probe = Settings(server.host, server.port, 1, args.tamanho, args.duracao, prefix,
+                         target.dialect, interval=args.sonda / 1000)
+        jobs.append((probe, [pairs]))
+    workers = _start_workers(jobs)
     results: list[WorkerResult] = []
     failure = ""
     try:
@@ -366,55 +461,82 @@ def run_once(server: comum.ServerUnderTest, pairs: int, args: argparse.Namespace
                 process.kill()
                 process.join()
     if failure:
-        return {"pares": pairs, "falha": failure}
+        return {"pares": pairs, "alvo": target.name, "falha": failure}
 
-    end = max(r.finished_at for r in results)
-    seconds = max(end - start_at, 1e-9)
-    latencies = array.array("q")
-    for r in results:
-        latencies.frombytes(r.latencies)
-    ordered = sorted(latencies)
-    total = {name: sum(getattr(r, name) for r in results)
-             for name in ("sent", "acked", "received", "out_of_order", "misrouted",
-                          "errors", "bad_lines")}
+    busy, probe_results = results[:processes], results[processes:]
+    run = {"pares": pairs, "alvo": target.name, "gerador": "python"} | _figures(busy, start_at)
+    seconds = run["segundos"]
     server_cpu = (server_cpu1 - server_cpu0
                   if server_cpu0 is not None and server_cpu1 is not None else None)
-    first_error = next((r.first_error for r in results if r.first_error), "")
-    return {
-        "pares": pairs,
-        "msgs_por_s": round(total["received"] / seconds, 1),
-        "latencia_ms": {name: round(percentile(ordered, q) / 1000, 3)
-                        for name, q in (("p50", 0.50), ("p90", 0.90), ("p99", 0.99))}
-        | {"max": round((ordered[-1] if ordered else 0) / 1000, 3)},
-        "enviadas": total["sent"],
-        "entregues": total["received"],
-        "perdidas": total["sent"] - total["received"],
-        "fora_de_ordem": total["out_of_order"],
-        "trocadas": total["misrouted"],
-        "erros": total["errors"] + total["bad_lines"],
-        "primeiro_erro": first_error,
-        "segundos": round(seconds, 3),
-        "cpu_servidor_pct": round(100 * server_cpu / seconds, 1) if server_cpu is not None
-        else None,
-        "cpu_gerador_pct": round(100 * sum(r.cpu for r in results) / seconds, 1),
-        "processos_gerador": processes,
-        "carga_1min": load,
-        "ocioso": any(r.idle_out for r in results),
+    run["cpu_servidor_pct"] = (round(100 * server_cpu / seconds, 1)
+                               if server_cpu is not None else None)
+    run["cpu_gerador_pct"] = round(100 * sum(r.cpu for r in results) / seconds, 1)
+    run["processos_gerador"] = processes
+    run["carga_1min"] = load
+    if probe_results:
+        run["sonda"] = _probe_figures(_figures(probe_results, start_at), args.sonda)
+    return run
+
+
+def _probe_figures(figures: dict, interval_ms: float) -> dict:
+    return {"intervalo_ms": interval_ms, "latencia_ms": figures["latencia_ms"],
+            "enviadas": figures["enviadas"], "entregues": figures["entregues"],
+            "perdidas": figures["perdidas"], "fora_de_ordem": figures["fora_de_ordem"],
+            "erros": figures["erros"], "atrasos": figures["atrasos_sonda"]}
+
+
+def run_once_c(server, target: comum.Target, pairs: int, args: argparse.Namespace,
+               run_number: int) -> dict:
+    """The same measurement driven by relay_load (``--gerador-c``)."""
+    arguments = ["--pairs", str(pairs), "--messages", str(C_MESSAGES),
+                 "--window", str(args.janela), "--size", str(args.tamanho),
+                 "--duration", f"{args.duracao:g}",
+                 "--prefix", f"c{os.getpid() % 10000}x{run_number}"]
+    if args.sonda:
+        arguments += ["--probe-interval", f"{args.sonda:g}"]
+    load = comum.load_average()
+    try:
+        out = comum.run_relay_load(args.gerador_c, server, target.dialect, arguments,
+                                   timeout=args.duracao + 60)
+    except RuntimeError as exc:
+        return {"pares": pairs, "alvo": target.name, "falha": str(exc)}
+    run = {
+        "pares": pairs, "alvo": target.name, "gerador": "relay_load",
+        "msgs_por_s": out["msgs_per_s"],
+        "latencia_ms": comum.ms_from_us(out["latency_us"]),
+        "enviadas": out["sent"], "entregues": out["delivered"], "perdidas": out["lost"],
+        "fora_de_ordem": out["out_of_order"], "trocadas": out.get("misrouted", 0),
+        "erros": out["errors"] + out.get("bad_lines", 0) + out.get("pairs_failed", 0),
+        "primeiro_erro": out.get("first_error", ""), "segundos": out["seconds"],
+        "cpu_servidor_pct": out.get("server_cpu_pct"), "cpu_gerador_pct": out["gen_cpu_pct"],
+        "carga_1min": load, "ocioso": out.get("idle_out", False) or out.get("timed_out", False),
     }
+    if "probe" in out:
+        probe = out["probe"]
+        run["sonda"] = {"intervalo_ms": args.sonda,
+                        "latencia_ms": comum.ms_from_us(probe["latency_us"]),
+                        "enviadas": probe["sent"], "entregues": probe["delivered"],
+                        "perdidas": probe["lost"], "fora_de_ordem": probe["out_of_order"],
+                        "erros": probe["errors"] + probe.get("misrouted", 0)
+                        + probe.get("bad_lines", 0),
+                        "atrasos": probe.get("late_ticks", 0)}
+    return run
 
 
-def summarize(pairs: int, runs: list[dict]) -> dict:
+def summarize(pairs: int, target: str, runs: list[dict]) -> dict:
     """Median of each figure over the runs that completed."""
     good = [r for r in runs if "falha" not in r]
     if not good:
-        return {"pares": pairs, "falha": runs[0].get("falha", "?") if runs else "?"}
+        return {"pares": pairs, "alvo": target,
+                "falha": runs[0].get("falha", "?") if runs else "?"}
 
     def med(get):
-        values = [get(r) for r in good if get(r) is not None]
+        values = [v for v in (get(r) for r in good) if v is not None]
         return round(comum.median(values), 3) if values else None
 
-    return {
+    summary = {
         "pares": pairs,
+        "alvo": target,
         "execucoes": len(good),
         "msgs_por_s": med(lambda r: r["msgs_por_s"]),
         "latencia_ms": {k: med(lambda r, k=k: r["latencia_ms"][k])
@@ -426,40 +548,80 @@ def summarize(pairs: int, runs: list[dict]) -> dict:
         "cpu_servidor_pct": med(lambda r: r["cpu_servidor_pct"]),
         "cpu_gerador_pct": med(lambda r: r["cpu_gerador_pct"]),
     }
+    probes = [r["sonda"] for r in good if "sonda" in r]
+    if probes:
+        summary["sonda"] = {
+            "latencia_ms": {k: round(comum.median([p["latencia_ms"][k] for p in probes]), 3)
+                            for k in ("p50", "p90", "p99", "max")},
+            "perdidas": sum(p["perdidas"] for p in probes),
+            "fora_de_ordem": sum(p["fora_de_ordem"] for p in probes),
+            "erros": sum(p["erros"] for p in probes),
+        }
+    return summary
+
+
+def broken(run: dict) -> bool:
+    """A run that failed, lost, reordered, misrouted or got an error (the probe's too)."""
+    if "falha" in run:
+        return True
+    parts = [run] + ([run["sonda"]] if "sonda" in run else [])
+    return any(part["perdidas"] or part["fora_de_ordem"] or part.get("trocadas")
+               or part["erros"] for part in parts)
 
 
 def print_run(run: dict, number: int) -> None:
+    head = f"  P={run['pares']:<4} {run['alvo']:<7} execução {number}:"
     if "falha" in run:
-        print(f"  P={run['pares']:<4} execução {number}: FALHOU: {run['falha']}", file=sys.stderr)
+        print(f"{head} FALHOU: {run['falha']}", file=sys.stderr)
         return
     lat = run["latencia_ms"]
-    print(f"  P={run['pares']:<4} execução {number}: {run['msgs_por_s']:>10,.0f} msg/s  "
+    probe = ""
+    if "sonda" in run:
+        s = run["sonda"]["latencia_ms"]
+        probe = f"  sonda p50 {s['p50']:.2f} p99 {s['p99']:.2f} máx {s['max']:.1f} ms"
+    print(f"{head} {run['msgs_por_s']:>10,.0f} msg/s  "
           f"p50 {lat['p50']:.2f} ms  p99 {lat['p99']:.2f} ms  máx {lat['max']:.1f} ms  "
           f"perdidas {run['perdidas']}  fora de ordem {run['fora_de_ordem']}  "
-          f"CPU servidor {run['cpu_servidor_pct']}%  gerador {run['cpu_gerador_pct']}%  "
-          f"(carga {run['carga_1min']})", file=sys.stderr)
+          f"CPU servidor {comum.percent(run['cpu_servidor_pct'])}  "
+          f"gerador {comum.percent(run['cpu_gerador_pct'])}"
+          f"{probe}  (carga {run['carga_1min']})", file=sys.stderr)
+    if run.get("primeiro_erro"):
+        print(f"{' ' * len(head)} primeiro erro: {run['primeiro_erro']}", file=sys.stderr)
 
 
-def print_table(summaries: list[dict], repetitions: int) -> None:
+def _cell(value: float | None, spec: str, width: int) -> str:
+    return f"{value:{width}{spec}}" if value is not None else f"{'-':>{width}}"
+
+
+def print_table(summaries: list[dict], repetitions: int, probe: bool, generator: str) -> None:
+    header = (f"{'pares':>5} {'alvo':>7} {'msg/s':>10} {'p50 ms':>8} {'p99 ms':>8} "
+              f"{'máx ms':>8} {'perdidas':>8} {'fora ordem':>10} {'CPU serv.':>9} "
+              f"{'CPU ger.':>8}")
+    if probe:
+        header += f" {'sonda p50':>9} {'sonda p99':>9} {'sonda máx':>9}"
     comum.print_table_header(
-        f"Retransmissão (medianas de {repetitions} execuções)",
-        f"{'pares':>5} {'msg/s':>10} {'p50 ms':>8} {'p99 ms':>8} {'máx ms':>8} "
-        f"{'perdidas':>8} {'fora ordem':>10} {'CPU serv.':>9} {'CPU ger.':>8}")
+        f"Retransmissão (medianas de {repetitions} execuções, gerador {generator})", header)
     for s in summaries:
         if "falha" in s:
-            print(f"{s['pares']:>5} falhou: {s['falha']}")
+            print(f"{s['pares']:>5} {s['alvo']:>7} falhou: {s['falha']}")
             continue
         lat = s["latencia_ms"]
-        print(f"{s['pares']:>5} {s['msgs_por_s']:>10,.0f} {lat['p50']:>8.2f} {lat['p99']:>8.2f} "
-              f"{lat['max']:>8.1f} {s['perdidas']:>8} {s['fora_de_ordem']:>10} "
-              f"{s['cpu_servidor_pct']:>8}% {s['cpu_gerador_pct']:>7}%")
+        line = (f"{s['pares']:>5} {s['alvo']:>7} {s['msgs_por_s']:>10,.0f} {lat['p50']:>8.2f} "
+                f"{lat['p99']:>8.2f} {lat['max']:>8.1f} {s['perdidas']:>8} "
+                f"{s['fora_de_ordem']:>10} {_cell(s['cpu_servidor_pct'], '.0f', 8)}% "
+                f"{_cell(s['cpu_gerador_pct'], '.0f', 7)}%")
+        if probe and "sonda" in s:
+            p = s["sonda"]["latencia_ms"]
+            line += f" {p['p50']:>9.2f} {p['p99']:>9.2f} {p['max']:>9.1f}"
+        print(line)
 
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="bench/relay.py",
         description="Mede a retransmissão de mensagens: P pares remetente→destinatário, "
-                    "no máximo W ENVIAR sem OK por remetente.")
+                    "no máximo W ENVIAR sem OK por remetente; o servidor com e sem o "
+                    "armazenamento em disco e, com --ngircd, o ngircd lado a lado.")
     parser.add_argument("--pares", default="1,10,100,500",
                         help="lista de P separada por vírgulas (padrão: 1,10,100,500)")
     parser.add_argument("--janela", type=int, default=32,
@@ -469,9 +631,14 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--duracao", type=float, default=5.0,
                         help="segundos enviando em cada execução (padrão: 5)")
     parser.add_argument("--repeticoes", type=int, default=3,
-                        help="execuções por P; a tabela mostra a mediana (padrão: 3)")
+                        help="rodadas por P; a tabela mostra a mediana (padrão: 3)")
     parser.add_argument("--processos", type=int, default=os.cpu_count() or 2,
                         help="processos geradores (padrão: número de CPUs)")
+    parser.add_argument("--sonda", type=float, default=0.0, metavar="MS",
+                        help="um usuário leve: mais um par, num processo só dele, que manda "
+                             "uma mensagem a cada MS milissegundos enquanto os P pares "
+                             "ocupados rodam; a latência dele aparece à parte (padrão: sem)")
+    comum.add_target_options(parser)
     comum.add_server_options(parser, "PID do servidor de --attach, para medir a CPU dele")
     return parser
 
@@ -479,47 +646,68 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     if args.rapido:
-        args.pares, args.duracao, args.repeticoes = "1,10", 1.0, 1
+        args.pares, args.duracao, args.repeticoes = "10", 1.0, 1
     try:
         pair_counts = [int(p) for p in args.pares.split(",") if p.strip()]
-        attach = comum.loopback_target(args.attach) if args.attach else None
+        if args.attach:
+            comum.loopback_target(args.attach)
     except ValueError as exc:
         print(f"erro: {exc}", file=sys.stderr)
         return 2
     if (not pair_counts or min(pair_counts) < 1 or max(pair_counts) > 20_000
             or not 1 <= args.janela <= 4096 or not 16 <= args.tamanho <= 4000
             or not 0 < args.duracao <= 600 or not 1 <= args.repeticoes <= 20
-            or args.processos < 1):
+            or args.processos < 1 or not 0 <= args.sonda <= 10_000):
         print("erro: parâmetros fora dos limites", file=sys.stderr)
         return 2
+    if args.gerador_c and not os.access(args.gerador_c, os.X_OK):
+        print(f"erro: {args.gerador_c} não é um programa executável", file=sys.stderr)
+        return 2
     comum.raise_fd_limit(4 * max(pair_counts) + 256)
+    targets = comum.targets_from_args(args)
+    generator = "relay_load" if args.gerador_c else "python"
+    measure = run_once_c if args.gerador_c else run_once
 
     print(f"bench/relay.py: P={pair_counts} W={args.janela} {args.tamanho} bytes, "
-          f"{args.duracao:g} s por execução, {args.repeticoes} execuções", file=sys.stderr)
+          f"{args.duracao:g} s por execução, {args.repeticoes} rodadas alternando "
+          f"{', '.join(t.name for t in targets)}; gerador {generator}"
+          + (f"; sonda a cada {args.sonda:g} ms" if args.sonda else ""), file=sys.stderr)
     all_runs: list[dict] = []
     summaries = []
+    by_key: dict[tuple[object, str], dict] = {}
     run_number = 0
     for pairs in pair_counts:
-        runs = []
+        runs: dict[str, list[dict]] = {t.name: [] for t in targets}
         for repetition in range(args.repeticoes):
-            run_number += 1
-            with comum.ServerUnderTest(attach, args.servidor, pid=args.pid_servidor) as server:
-                run = run_once(server, pairs, args, run_number)
-            print_run(run, repetition + 1)
-            runs.append(run)
-        all_runs.extend(runs)
-        summaries.append(summarize(pairs, runs))
+            for target in targets:
+                run_number += 1
+                try:
+                    with comum.open_target(target, args) as server:
+                        run = measure(server, target, pairs, args, run_number)
+                except RuntimeError as exc:
+                    run = {"pares": pairs, "alvo": target.name, "falha": str(exc)}
+                print_run(run, repetition + 1)
+                runs[target.name].append(run)
+                all_runs.append(run)
+        for target in targets:
+            summary = summarize(pairs, target.name, runs[target.name])
+            summaries.append(summary)
+            by_key[(pairs, target.name)] = summary
 
-    print_table(summaries, args.repeticoes)
+    print_table(summaries, args.repeticoes, bool(args.sonda), generator)
+    ratios = comum.ratio_rows(by_key, "msgs_por_s", pair_counts)
+    comum.print_ratios("Razões de msg/s, das mesmas rodadas (medianas)", "pares", ratios)
+    if any(t.name == "ngircd" for t in targets):
+        print("(IRC não confirma mensagens: no ngircd a janela de um remetente se libera quando "
+              "o destinatário recebe; no nosso servidor, com o OK)")
     comum.print_json_line(
         "relay",
         {"pares": pair_counts, "janela": args.janela, "tamanho": args.tamanho,
          "duracao_s": args.duracao, "repeticoes": args.repeticoes,
-         "processos": args.processos, "attach": args.attach},
-        summaries, all_runs)
-    broken = any("falha" in r or r["perdidas"] or r["fora_de_ordem"] or r["trocadas"]
-                 or r["erros"] for r in all_runs)
-    return 1 if broken else 0
+         "processos": args.processos, "sonda_ms": args.sonda,
+         "alvos": [t.name for t in targets], "gerador": generator, "attach": args.attach},
+        {"alvos": summaries, "razoes": ratios}, all_runs)
+    return 1 if any(broken(r) for r in all_runs) else 0
 
 
 if __name__ == "__main__":
