@@ -40,6 +40,7 @@ from __future__ import annotations
 
 import argparse
 import collections
+import concurrent.futures
 import contextlib
 import functools
 import logging
@@ -1132,24 +1133,35 @@ class MessageLog:
 
 
 class Passwords:
-    """Hashing and checking passwords, a few at a time.
+    """Hashing and checking passwords on a few threads of their own.
 
-    A hash costs tens of milliseconds of CPU (by design: that is what makes
-    stolen hashes slow to crack), so an unbounded number of them at once
-    would be a lever to exhaust the server; ``slots`` bounds them, and the
+    A hash costs tens of milliseconds of CPU and 16 MiB of memory (by design:
+    that is what makes stolen hashes slow to crack), so an unbounded number
+    at once would be a lever to exhaust the server. ``threads`` bounds both:
+    the work runs only on those long-lived threads (the connection waits for
+    its answer), so the memory each hash needs is the same few buffers over
+    and over -- on the connections' own threads, the C library kept one set
+    per thread (20 logins at once took the server from 80 to 353 MiB). The
     per-address limits bound who may ask.
     """
 
-    def __init__(self, slots: int) -> None:
-        self._slots = threading.BoundedSemaphore(max(1, slots))
+    WAIT_BOUND = 60.0
+    """Seconds a connection waits for its hash (a queue of 2,000 logins at most)."""
+
+    def __init__(self, threads: int) -> None:
+        self._pool = concurrent.futures.ThreadPoolExecutor(
+            max_workers=max(1, threads), thread_name_prefix="senhas")
 
     def hash(self, password: str) -> str:
-        with self._slots:
-            return armazem.hash_password(password)
+        return self._pool.submit(armazem.hash_password, password).result(self.WAIT_BOUND)
 
     def verify(self, password: str, record: str) -> bool:
-        with self._slots:
-            return armazem.verify_password(password, record)
+        return self._pool.submit(armazem.verify_password, password,
+                                 record).result(self.WAIT_BOUND)
+
+    def stop(self) -> None:
+        """No new work; what is queued is dropped (its connections are closing)."""
+        self._pool.shutdown(wait=False, cancel_futures=True)
 
 
 def _recent(times: collections.deque[float], window: float, now: float) -> int:
@@ -1561,7 +1573,7 @@ class ClientConnection:
         """The account's nickname if ``nick`` is an offline account that may take one more."""
         store = self.server.store
         try:
-            account = store.get_account(key) if store.accounts_enabled else None
+            account = self.server.account(key)
             if account is None:
                 raise ProtocolError(ErrorCode.NAO_ENCONTRADO, f"{nick} não está conectada")
             limit = self.config.max_pending_per_account
@@ -1699,13 +1711,16 @@ class ClientConnection:
         return self._register_with_account(request, key)
 
     def _register_without_account(self, request: protocolo.Register, key: str) -> bytes:
+        accounts_before = self.server.accounts_created
         if self._has_account(key):
             raise self._reserved(request.nick)
         relay = not request.directory_only
         ip = self.ip if relay else request.ip
         port = self.port if relay else request.port
         self._enter_registry(key, Entry(request.nick, ip, port, self, relay))
-        if self._has_account(key):  # the account was created in the meantime
+        # An account for this nickname may have been created (and its owner
+        # gone) between the look-up and our entry: look again only if any was.
+        if self.server.accounts_created != accounts_before and self._has_account(key):
             self._unregister()
             raise self._reserved(request.nick)
         self.live = True
@@ -1754,6 +1769,8 @@ class ClientConnection:
             self._unregister()
             raise self._reserved(request.nick)
         self.address.accounts_created.append(now)
+        self.server.account_keys.add(key)
+        self.server.accounts_created += 1  # before this registration can end
         log.info("%s criou a conta %s", self.name, request.nick)
 
     def _check_failed_passwords(self) -> None:
@@ -1781,11 +1798,8 @@ class ClientConnection:
                 self._take_turn()
 
     def _has_account(self, key: str) -> bool:
-        store = self.server.store
-        if not store.accounts_enabled:
-            return False
         try:
-            return self._outside_turn(store.get_account, key) is not None
+            return self._outside_turn(self.server.account, key) is not None
         except armazem.StoreError as exc:
             raise ProtocolError(ErrorCode.ARMAZENAMENTO,
                                 f"o servidor não conseguiu consultar as contas ({exc})") from None
@@ -2074,6 +2088,12 @@ class Servidor:
         self.addresses = limites.AddressBook(self.config.address_limits())
         self.messages = MessageLog(self.store, self._deliver, self.turn)
         self.passwords = Passwords(self.config.hashing_threads)
+        self.accounts_created = 0
+        """Accounts this server created: a registration without one looks again if it grew."""
+        self.account_keys: set[str] = {account.key for account in self.store.list_accounts()}
+        """The nicknames that have an account. Only this server creates accounts, so a
+        nickname outside this set has none, and most look-ups never reach the store
+        (the administrator may remove one: a hit is confirmed with the store)."""
         self.blocking_reads = rede.reads_may_block()
         """Connection sockets stay blocking for their readers (see ``ClientConnection._read``)."""
         self.discovery: descoberta.DiscoveryResponder | None = None
@@ -2187,6 +2207,7 @@ class Servidor:
             connection.thread.join(max(0.0, end - time.monotonic()))
         self._maintenance_thread.join(max(0.0, end - time.monotonic()))
         self.messages.stop(max(0.1, end - time.monotonic()))
+        self.passwords.stop()
         log.info("servidor encerrado")
 
     def _bind(self) -> list[socket.socket]:
@@ -2316,6 +2337,17 @@ class Servidor:
                     v1_line = protocolo.format_msg_bytes(
                         item.sender_bytes, item.target.encode(), item.raw_text)
                 deliveries.add(member, v1_line, ticket)
+
+    # -- accounts --
+
+    def account(self, key: str) -> armazem.Account | None:
+        """The account of a nickname key, or None; raises ``armazem.StoreError``."""
+        if key not in self.account_keys:
+            return None
+        account = self.store.get_account(key)
+        if account is None:  # removed by the administrator while we ran
+            self.account_keys.discard(key)
+        return account
 
     # -- cursors and receipts --
 

@@ -39,6 +39,7 @@ from wire import (
     wait_until,
 )
 
+import armazem
 import servidor
 
 ATTACKER = "127.0.0.2"
@@ -570,3 +571,24 @@ def test_round_trips_fail_on_a_wrong_message():
         with pytest.raises(AssertionError):
             round_trips(ana, bia, 1)
 
+
+
+# --------------------------------------------------------------------------
+# Password hashing is bounded in threads (hence in CPU and memory)
+
+
+def test_many_logins_at_once_hash_on_a_bounded_pool_of_threads(tmp_path):
+    """Each hash needs 16 MiB and tens of ms: 12 at once still use only the pool's threads."""
+    store = armazem.Store.open(str(tmp_path / "chat.sqlite3"))
+    try:
+        with running_server(**UNLIMITED, store=store, hashing_threads=2) as server:
+            clients = [WireClient(server.address, timeout=30) for _ in range(12)]
+            for n, client in enumerate(clients):
+                client.send_line(f"REGISTRAR conta{n} segredo{n}")
+            assert [client.read_line(30) for client in clients] == ["OK"] * 12
+            hashers = {t.name for t in threading.enumerate() if t.name.startswith("senhas")}
+            assert 1 <= len(hashers) <= 2, hashers
+            for client in clients:
+                client.close()
+    finally:
+        store.close()
