@@ -379,7 +379,8 @@ class Outbox:
         self._flush_on_close = False
         self._wire_total = 0  # wire bytes taken for sending, ever
         self._wire_sent = 0  # wire bytes the kernel accepted, ever
-        self._tracked: collections.deque[tuple[int, int]] = collections.deque()
+        # (wire bytes, message id) marks for written_id; made on first need (v1 accounts).
+        self._tracked: collections.deque[tuple[int, int]] | None = None
         self.written_id = 0
         self.progress_at = time.monotonic()
 
@@ -504,7 +505,7 @@ class Outbox:
         self._queued.clear()
         self._unsent = b""
         self._pending = 0
-        self._tracked.clear()
+        self._tracked = None
 
     def _take_wire_locked(self) -> tuple[bytes, str]:
         """Everything queued, encoded for the wire: (wire, '') or (b'', why TLS broke)."""
@@ -517,6 +518,8 @@ class Outbox:
         self._pending += len(wire) - len(data)
         self._wire_total += len(wire)
         if self._queued_id:
+            if self._tracked is None:
+                self._tracked = collections.deque()
             self._tracked.append((self._wire_total, self._queued_id))
             self._queued_id = 0
         return wire, ""
@@ -1176,7 +1179,18 @@ def _recent(times: collections.deque[float], window: float, now: float) -> int:
 
 
 class ClientConnection:
-    """One client's socket, served by its own thread from accept to close."""
+    """One client's socket, served by its own thread from accept to close.
+
+    ``__slots__``: a server holds thousands of these, and with this many
+    attributes an ordinary instance dictionary costs ~2 KiB each.
+    """
+
+    __slots__ = ("_after_reply", "_close_lock", "_close_reason", "_closed", "_deadline",
+                 "_dropped_while_waiting", "_in_flight", "_light", "_pace_meter", "_quitting",
+                 "_reply_bytes", "_sends", "_touched", "_turn", "account", "address",
+                 "batch_done", "bucket", "config", "dropped_as_slow", "ip", "key", "live",
+                 "name", "nick", "nick_bytes", "outbox", "port", "received_id", "relay",
+                 "rooms", "server", "sock", "stopping", "thread", "transport", "version")
 
     def __init__(self, server: Servidor, sock: socket.socket, ip: str, port: int,
                  address: limites.AddressState) -> None:

@@ -187,7 +187,7 @@ def test_cleanup_releases_the_slot_even_when_every_step_fails(monkeypatch):
         def broken(*args: object, **kwargs: object) -> None:
             raise RuntimeError("falha simulada na limpeza")
 
-        monkeypatch.setattr(connection, "_unregister", broken)
+        monkeypatch.setattr(servidor.ClientConnection, "_unregister", broken)
         monkeypatch.setattr(connection.outbox, "close", broken)
         client.close()
         wait_until(lambda: server.connection_count == 0, what="a conexão ser esquecida")
