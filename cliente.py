@@ -97,6 +97,8 @@ POLL_MS = 30
 TICK_BUDGET = 0.02
 """Seconds of work per tick before the window yields to Tk (redraws, keys, clicks)."""
 EVENTS_PER_TAKE = 200
+EVENTS_PER_TICK = 1000
+"""At most this many events per tick: with their lines drawn, about 20 ms here."""
 SIDEBAR_CHANGES_PER_TICK = 400
 BELL_INTERVAL = 2.0
 """At most one bell every this many seconds."""
@@ -1285,6 +1287,7 @@ class ConversationView:
                             inactiveselectbackground=ACCENT_SOFT)
         self.scrollbar = AutoScrollbar(body, orient="vertical", command=self.text.yview)
         self.text.configure(yscrollcommand=self._on_scroll)
+        self.text.bind("<Configure>", self._on_resize, add="+")
         self.text.grid(row=0, column=0, sticky="nsew")
         self.scrollbar.grid(row=0, column=1, sticky="ns")
         self.placeholder = tk.Label(body, background=SURFACE, foreground=MUTED,
@@ -1300,6 +1303,8 @@ class ConversationView:
         self._marks: collections.OrderedDict[int, Entry] = collections.OrderedDict()
         self._links: dict[str, int] = {}
         self._paging_check: str | None = None
+        self._showing_end = True
+        """Whether the newest line was in view at the last scroll report (before any resize)."""
 
     def _configure_tags(self) -> None:
         fonts, text, left = self.app.fonts, self.text, self.LEFT
@@ -1381,7 +1386,8 @@ class ConversationView:
             self.text.see("end")
 
     def at_bottom(self) -> bool:
-        return self.text.yview()[1] >= 0.999
+        """Whether the newest line is in view (a pane not laid out yet counts as showing it)."""
+        return self.text.winfo_height() <= 1 or self.text.yview()[1] >= 0.999
 
     def _clear(self) -> None:
         self.text.configure(state="normal")
@@ -1541,12 +1547,26 @@ class ConversationView:
 
     def _on_scroll(self, first: str, last: str) -> None:
         self.scrollbar.set(first, last)
+        self._showing_end = float(last) >= 0.999
         if float(first) <= 0.0 and self._paging_check is None and self.conv is not None:
             self._paging_check = self.text.after_idle(self._check_paging)
 
+    def _on_resize(self, _event: object) -> None:
+        """A pane showing its newest line keeps showing it when the window changes size.
+
+        Tk keeps the top line in place on a resize, so a pane that grows
+        (the window is maximised, or is first laid out while lines arrive)
+        would otherwise stop short of the end, and stop following new lines.
+        """
+        if self._showing_end:
+            self.text.see("end")
+
     def _check_paging(self) -> None:
         self._paging_check = None
-        if self.conv is not None and self.text.yview()[0] <= 0.0:
+        # dlineinfo brings the layout up to date first; yview() may still tell
+        # the position from before the last lines were drawn, and a page would
+        # be fetched (and the view moved off the end) that nobody scrolled to.
+        if self.conv is not None and self.text.dlineinfo("1.0") is not None:
             self.app.load_older(self.conv)
 
     def cancel(self) -> None:
@@ -1747,6 +1767,8 @@ class ChatApp:
         self._retry_at = 0.0
         self._lost_message = ""
         self._title = ""
+        self._in_tick = False  # inside _poll's event loop: _reading may be kept
+        self._reading: bool | None = None
         self._discovery: object | None = None
 
         self.fonts = _make_fonts(master)
@@ -2076,6 +2098,18 @@ class ChatApp:
             self.sidebar.mark(conv.key)
             self.set_title()
 
+    def _reading_current(self) -> bool:
+        """Whether the user sees the newest lines of the current conversation.
+
+        Asked for each message of a flood, and two Tk round trips each
+        (focus, scroll position) were a third of the window's work: the answer
+        is kept until the tick ends or an event other than a message comes
+        (messages only change the pane when it is redrawn, after the tick).
+        """
+        if self._reading is None or not self._in_tick:
+            self._reading = self._window_has_focus() and self.view.at_bottom()
+        return self._reading
+
     def _window_has_focus(self) -> bool:
         """True when the keyboard focus is in this window (Tk says None when it is not ours)."""
         try:
@@ -2315,9 +2349,26 @@ class ChatApp:
         if self._quit_requested:
             self.close()
             return
-        started = time.monotonic()
+        self._reading, self._in_tick = None, True
+        try:
+            busy = self._take_events(time.monotonic())
+        finally:
+            self._in_tick = False
+        self._after_events()
+        busy = busy or self.sidebar.pending > 0
+        self._poll_id = self.master.after(1 if busy else POLL_MS, self._poll)
+
+    def _take_events(self, started: float) -> bool:
+        """Dispatch queued events until the queue is empty or the tick's budget is spent.
+
+        True when more may be coming soon: the budget ran out, or events came
+        at all (in a burst the session is still reading the rest, and waiting
+        ``POLL_MS`` for it after every batch would make the burst idle most
+        of its time). The budget is in time *and* events: drawing the lines
+        costs more than taking them, after the dispatch.
+        """
         session = self.session
-        busy = False
+        taken = 0
         while session is not None and session is self.session:
             events = session.events.take(EVENTS_PER_TAKE)
             for event in events:
@@ -2325,14 +2376,12 @@ class ChatApp:
                     self._dispatch(event)
                 except tk.TclError:
                     log.exception("erro ao mostrar o evento %s", type(event).__name__)
+            taken += len(events)
             if len(events) < EVENTS_PER_TAKE:
                 break
-            if time.monotonic() - started > TICK_BUDGET:
-                busy = True
+            if taken >= EVENTS_PER_TICK or time.monotonic() - started > TICK_BUDGET:
                 break
-        self._after_events()
-        busy = busy or self.sidebar.pending > 0
-        self._poll_id = self.master.after(1 if busy else POLL_MS, self._poll)
+        return taken > 0
 
     def _after_events(self) -> None:
         for key in self.store.evicted:
@@ -2346,7 +2395,9 @@ class ChatApp:
     def _dispatch(self, event: object) -> None:
         if isinstance(event, protocolo.Message):
             self._on_message(event)
-        elif isinstance(event, Reply):
+            return
+        self._reading = None  # anything else may change what the user sees
+        if isinstance(event, Reply):
             self._on_reply(event)
         elif isinstance(event, protocolo.Joined | protocolo.Left):
             self._on_presence(event)
@@ -2438,7 +2489,7 @@ class ChatApp:
             self.sidebar.mark(sender_key)
         if entry.own:
             return
-        if not (conv is self.current and self._window_has_focus() and self.view.at_bottom()):
+        if not (conv is self.current and self._reading_current()):
             conv.unread += 1
             self.sidebar.mark(conv.key)
             self._ring(conv)

@@ -697,6 +697,39 @@ def test_typing_while_disconnected_is_marked_unsent_never_lost(tk_root, apps):
 # History, receipts, offline accounts
 
 
+def test_a_pane_showing_its_last_line_keeps_showing_it_when_the_window_resizes(
+        tk_root, server, apps):
+    ana = apps()
+    ana.master.geometry("760x520")
+    connect(tk_root, ana, server.address[1], "ana")
+    with WireClient(server.address) as bia:
+        assert bia.request("OLA 2") == "OK"
+        bia.register("bia")
+        assert bia.request("ENTRAR #geral") == "OK"
+        bia.send(b"".join(f"ENVIAR #geral linha {i:03d}\n".encode() for i in range(80)))
+        assert all(line.startswith("OK ") for line in bia.read_lines(80))
+        pump_until(tk_root, lambda: "linha 079" in ana.view.history(), TIMEOUT)
+    text = ana.view.text
+
+    def last_line_visible() -> bool:
+        tk_root.update()
+        return text.dlineinfo("end-2c") is not None
+
+    pump_until(tk_root, last_line_visible, TIMEOUT)
+    for size in ("1200x900", "760x520", "1000x700"):  # taller, shorter, taller again
+        ana.master.geometry(size)
+        pump_until(tk_root, lambda s=size: ana.master.winfo_geometry().startswith(s), TIMEOUT)
+        pump_until(tk_root, last_line_visible, TIMEOUT, f"a última linha à vista em {size}")
+    # Scrolled up to read, a resize keeps the reading place instead.
+    text.yview_moveto(0.3)
+    tk_root.update()
+    reading = text.index("@0,0")
+    ana.master.geometry("1200x900")
+    pump_until(tk_root, lambda: ana.master.winfo_geometry().startswith("1200x900"), TIMEOUT)
+    assert text.index("@0,0") == reading
+    assert not last_line_visible()
+
+
 def test_history_comes_in_pages_when_scrolling_up(tk_root, server, apps):
     total = 260
     with WireClient(server.address) as bia:
