@@ -54,7 +54,7 @@ import threading
 import time
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
-from typing import ClassVar
+from typing import Any, ClassVar
 
 import argumentos
 import armazem
@@ -1156,11 +1156,24 @@ class Passwords:
             max_workers=max(1, threads), thread_name_prefix="senhas")
 
     def hash(self, password: str) -> str:
-        return self._pool.submit(armazem.hash_password, password).result(self.WAIT_BOUND)
+        return self._run(armazem.hash_password, password)
 
     def verify(self, password: str, record: str) -> bool:
-        return self._pool.submit(armazem.verify_password, password,
-                                 record).result(self.WAIT_BOUND)
+        return self._run(armazem.verify_password, password, record)
+
+    def _run(self, work: Callable[..., Any], *args: object) -> Any:
+        """``work(*args)`` on the pool; ProtocolError (LIMITE) if not done in time or stopped."""
+        try:
+            future = self._pool.submit(work, *args)
+        except RuntimeError:  # stopped: the server is closing
+            raise ProtocolError(ErrorCode.LIMITE, "o servidor está encerrando") from None
+        try:
+            return future.result(self.WAIT_BOUND)
+        # concurrent.futures.TimeoutError is not the builtin TimeoutError before 3.11
+        except (concurrent.futures.TimeoutError, concurrent.futures.CancelledError):
+            future.cancel()  # still queued: nobody wants it, don't spend the CPU
+            raise ProtocolError(ErrorCode.LIMITE, "senhas demais sendo conferidas agora; "
+                                "tente de novo em instantes") from None
 
     def stop(self) -> None:
         """No new work; what is queued is dropped (its connections are closing)."""
@@ -1758,6 +1771,7 @@ class ClientConnection:
                 self.address.failed_passwords.append(time.monotonic())
                 log.warning("%s errou a senha de %s", self.name, request.nick)
                 raise ProtocolError(ErrorCode.SENHA_INCORRETA, "senha incorreta")
+            self.server.account_keys.add(key)  # e.g. made by another process sharing the file
             self._enter_registry(key, entry)
         else:
             self._create_account(request, key, entry)
@@ -1779,7 +1793,9 @@ class ClientConnection:
             self._unregister()
             raise ProtocolError(ErrorCode.ARMAZENAMENTO,
                                 f"o servidor não conseguiu criar a conta ({exc})") from None
-        if not created:
+        if not created:  # the store has it (made by another process sharing the file?)
+            self.server.account_keys.add(key)
+            self.server.accounts_created += 1
             self._unregister()
             raise self._reserved(request.nick)
         self.address.accounts_created.append(now)
@@ -2105,9 +2121,10 @@ class Servidor:
         self.accounts_created = 0
         """Accounts this server created: a registration without one looks again if it grew."""
         self.account_keys: set[str] = {account.key for account in self.store.list_accounts()}
-        """The nicknames that have an account. Only this server creates accounts, so a
-        nickname outside this set has none, and most look-ups never reach the store
-        (the administrator may remove one: a hit is confirmed with the store)."""
+        """The nicknames that have (or had) an account. Accounts are created through this
+        server, so a nickname outside this set has none, and most look-ups never reach
+        the store; a hit is confirmed with the store (the administrator may have removed
+        it). One made by another server on the same file joins at its first login here."""
         self.blocking_reads = rede.reads_may_block()
         """Connection sockets stay blocking for their readers (see ``ClientConnection._read``)."""
         self.discovery: descoberta.DiscoveryResponder | None = None
@@ -2216,12 +2233,12 @@ class Servidor:
             connection.outbox.join(deadline - time.monotonic())
         for connection in connections:
             connection.abort("servidor encerrando")
+        self.passwords.stop()  # wakes connections waiting for a queued hash
         end = deadline + 1.0
         for connection in connections:
             connection.thread.join(max(0.0, end - time.monotonic()))
         self._maintenance_thread.join(max(0.0, end - time.monotonic()))
         self.messages.stop(max(0.1, end - time.monotonic()))
-        self.passwords.stop()
         log.info("servidor encerrado")
 
     def _bind(self) -> list[socket.socket]:
@@ -2358,10 +2375,11 @@ class Servidor:
         """The account of a nickname key, or None; raises ``armazem.StoreError``."""
         if key not in self.account_keys:
             return None
-        account = self.store.get_account(key)
-        if account is None:  # removed by the administrator while we ran
-            self.account_keys.discard(key)
-        return account
+        # A key stays in the set even when the store says the administrator removed
+        # its account: discarding it could race with a connection creating the
+        # account again (its add, then our discard) and leave a live account
+        # unreserved. A removed nickname just keeps costing a look-up.
+        return self.store.get_account(key)
 
     # -- cursors and receipts --
 

@@ -592,3 +592,53 @@ def test_many_logins_at_once_hash_on_a_bounded_pool_of_threads(tmp_path):
                 client.close()
     finally:
         store.close()
+
+
+def test_a_login_that_waits_too_long_for_its_hash_gets_an_error_and_stays(tmp_path,
+                                                                          monkeypatch):
+    """With the hashing pool saturated, a login past the wait bound is told so (ERRO
+    LIMITE) and keeps its connection; the hash nobody waits for any more is not run."""
+    monkeypatch.setattr(servidor.Passwords, "WAIT_BOUND", 0.02)  # well under one hash
+    store = armazem.Store.open(str(tmp_path / "chat.sqlite3"))
+    hashed = []
+    real_hash = armazem.hash_password
+    monkeypatch.setattr(armazem, "hash_password",
+                        lambda password: hashed.append(password) or real_hash(password))
+    try:
+        with running_server(**UNLIMITED, store=store, hashing_threads=1) as server:
+            clients = [WireClient(server.address) for _ in range(6)]
+            for n, client in enumerate(clients):
+                client.send_line(f"REGISTRAR conta{n} segredo{n}")
+            replies = [client.read_line(TIMEOUT) for client in clients]
+            assert all(reply == "OK" or reply.startswith("ERRO LIMITE ") for reply in replies)
+            assert any(reply.startswith("ERRO LIMITE ") for reply in replies), replies
+            for client in clients:  # nobody was disconnected
+                assert client.request("PING ainda") == "PONG ainda"
+            assert len(hashed) < len(clients)  # the abandoned ones were cancelled
+            for client in clients:
+                client.close()
+    finally:
+        store.close()
+
+
+def test_an_account_removed_and_created_again_is_reserved_again(tmp_path):
+    store = armazem.Store.open(str(tmp_path / "chat.sqlite3"))
+    try:
+        with running_server(**UNLIMITED, store=store) as server:
+            def nobody_called_bob() -> bool:
+                return server.registry.get("bob") is None
+
+            with WireClient(server.address) as bob:
+                assert bob.request("REGISTRAR bob segredo") == "OK"
+            wait_until(nobody_called_bob, what="bob sair")
+            assert store.remove_account("bob")  # the administrator, while the server runs
+            with WireClient(server.address) as squatter:
+                squatter.register("bob")  # no account any more: a nickname like any other
+            wait_until(nobody_called_bob, what="o apelido ficar livre")
+            with WireClient(server.address) as bob:
+                assert bob.request("REGISTRAR bob outro-segredo") == "OK"  # created again
+            wait_until(nobody_called_bob, what="bob sair de novo")
+            with WireClient(server.address) as squatter:
+                assert squatter.request("REGISTRAR bob").startswith("ERRO APELIDO_RESERVADO ")
+    finally:
+        store.close()
