@@ -937,13 +937,14 @@ class Ticket:
     (``Outgoing``) and the answers already known (errors, as bytes).
     """
 
-    __slots__ = ("congested", "connection", "done", "slots")
+    __slots__ = ("congested", "connection", "done", "slots", "urgent")
 
     def __init__(self, connection: ClientConnection, slots: list[Outgoing | bytes]) -> None:
         self.connection = connection
         self.slots = slots
         self.done = False  # set by the message log; waiters use ``MessageLog.wait``
         self.congested: list[ClientConnection] = []
+        self.urgent = False  # submitted to the message log's urgent lane
 
 
 class MessageLog:
@@ -1005,8 +1006,9 @@ class MessageLog:
     def submit(self, ticket: Ticket, urgent: bool = False) -> None:
         """Hand a batch over; ``ticket.done`` is set once it is stored and answered.
 
-        An ``urgent`` batch (a light user's, with nothing else of its
-        connection queued) goes in the next group, ahead of the busy ones.
+        An ``urgent`` batch (a light user's, with none of its connection's
+        batches waiting in the other lane) goes in the next group, ahead of
+        the busy ones.
         """
         if self._thread is None:
             self._process([ticket])
@@ -1440,6 +1442,10 @@ class ClientConnection:
         """Answer a batch of lines, a bounded number per turn, then flush what they touched."""
         self._reply_bytes = 0
         self._light = self._pace_meter.take(len(lines))
+        if not self._light:
+            # Empty it: otherwise a busy sender saves up between reads and
+            # passes as light every few batches (and fills the urgent lanes).
+            self._pace_meter.charge(max(0.0, self._pace_meter.level()))
         small = len(lines) <= LIGHT_BATCH_LINES
         for start in range(0, len(lines), MAX_LINES_PER_TURN):
             self._take_turn(small)
@@ -1644,8 +1650,10 @@ class ClientConnection:
             in_flight = self._in_flight
             while in_flight and in_flight[0].done and not in_flight[0].congested:
                 in_flight.popleft()  # answered, and nobody to wait for: forget it
-            # Urgent only with nothing of ours queued: our batches stay in order.
-            urgent = self._light and not in_flight
+            # Urgent only behind urgent batches of ours: the urgent lane is served
+            # first, in order, so our batches stay in order.
+            urgent = self._light and all(t.urgent or t.done for t in in_flight)
+            ticket.urgent = urgent
             self._in_flight.append(ticket)
             self.server.messages.submit(ticket, urgent)
 
