@@ -1039,7 +1039,7 @@ class MessageLog:
         queue = self._queue
         count = 0
         taken = 0
-        while taken < len(queue) and (count < MAX_GROUP_MESSAGES or not tickets):
+        while taken < len(queue) and count < MAX_GROUP_MESSAGES:
             count += len(queue[taken].slots)
             taken += 1
         tickets += queue[:taken]
