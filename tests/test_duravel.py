@@ -664,3 +664,30 @@ def test_a_read_only_data_directory_at_start(tmp_path):
             assert client.request("REGISTRAR ana") == "OK"
             assert client.request("ENTRAR #s") == "OK"
             assert client.request("ENVIAR #s de volta") == "OK"
+
+
+@pytest.mark.parametrize("light_waiting", [True, False], ids=["com-leve", "so-ocupados"])
+def test_a_commit_group_takes_the_light_batches_and_a_bounded_share_of_the_busy_ones(
+        light_waiting):
+    """A group is one transaction, and everyone in it waits for all of it: with thousands
+    of busy messages queued, a group stops near MAX_GROUP_MESSAGES (without a light batch
+    waiting, it once took them all)."""
+    log = servidor.MessageLog(armazem.MemoryStore(), lambda *args: None)
+    batch = 32  # a busy client's window of unanswered messages
+
+    def ticket() -> servidor.Ticket:
+        return servidor.Ticket(None, [b"ERRO x\n"] * batch)  # type: ignore[arg-type]
+
+    busy = [ticket() for _ in range(100)]  # 100 pairs' windows: 3,200 messages
+    log._queue.extend(busy)
+    light = [ticket()] if light_waiting else []
+    log._urgent.extend(light)
+    with log._cond:
+        group = log._next_group_locked()
+    assert group[:len(light)] == light  # the light batch first
+    taken = group[len(light):]
+    assert servidor.MAX_GROUP_MESSAGES <= sum(len(t.slots) for t in taken) < (
+        servidor.MAX_GROUP_MESSAGES + batch)
+    assert taken == busy[:len(taken)]  # oldest first, none skipped
+    with log._cond:
+        assert log._next_group_locked()[0] is busy[len(taken)]  # the next group goes on
