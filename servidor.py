@@ -419,7 +419,13 @@ class Outbox:
             return not self._max_pending or self._pending <= self._max_pending
 
     def flush(self) -> None:
-        """Send what is queued without blocking; leave the rest to the writer."""
+        """Send what is queued without blocking; leave the rest to the writer.
+
+        Another thread that queues while we send finds us busy and leaves its
+        bytes to us: after a few rounds we stop taking more (our own work
+        waits), and the writer takes over whatever is still queued -- else it
+        would sit there until the next flush, which may never come.
+        """
         for _ in range(4):  # a few rounds pick up what other threads queued meanwhile
             with self._lock:
                 if (self._busy or not self._queued
@@ -432,6 +438,11 @@ class Outbox:
             if broken:
                 self._break(broken)
                 return
+        with self._lock:
+            if self._queued and not self._busy and not (self._closed
+                                                        and not self._flush_on_close):
+                self._busy = True
+                self._wake_writer_locked()  # it inherits _busy
 
     def _send_once(self, wire: bytes) -> str:
         """One non-blocking send of ``wire`` (we own ``_busy``); '' or why the peer is broken."""

@@ -642,3 +642,42 @@ def test_an_account_removed_and_created_again_is_reserved_again(tmp_path):
                 assert squatter.request("REGISTRAR bob").startswith("ERRO APELIDO_RESERVADO ")
     finally:
         store.close()
+
+
+# --------------------------------------------------------------------------
+# An outbox never keeps queued output without a sender
+
+
+def test_output_queued_while_a_flush_sends_is_always_sent(monkeypatch):
+    """Other threads keep queueing while one flushes; when that flush stops taking more
+    (it is bounded), what is still queued must go out anyway: found as an honest reader
+    that got its last messages 30 s late and was then dropped as "parou de ler"."""
+    near, far = socket.socketpair()
+    far.settimeout(TIMEOUT)
+    outbox = servidor.Outbox(servidor.PlainTransport(near), 0, "teste", lambda why: None, 30.0)
+    real_send = servidor.rede.send_nowait
+    sends = []
+
+    def send_while_others_queue(sock: socket.socket, data: bytes | memoryview) -> int:
+        sends.append(bytes(data))
+        if len(sends) <= 8:  # another thread queues during each of these sends
+            outbox.put(f"linha {len(sends)}\n".encode())
+        return real_send(sock, data)
+
+    monkeypatch.setattr(servidor.rede, "send_nowait", send_while_others_queue)
+    try:
+        outbox.put(b"linha 0\n")
+        outbox.flush()  # the thread that flushes moves on after a few rounds
+        expected = b"".join(f"linha {n}\n".encode() for n in range(9))
+        received = b""
+        while len(received) < len(expected):
+            chunk = far.recv(4096)  # TimeoutError if the rest is never sent
+            assert chunk, "socket closed"
+            received += chunk
+        assert received == expected
+        wait_until(lambda: outbox.drained, what="nada pendente")
+    finally:
+        outbox.close(flush=False)
+        outbox.join(TIMEOUT)
+        near.close()
+        far.close()
