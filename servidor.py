@@ -374,6 +374,7 @@ class Outbox:
         self._unsent = b""  # wire bytes the kernel refused, for the writer
         self._pending = 0  # bytes queued, unsent, or being sent
         self._busy = False  # a flusher or the writer is sending
+        self._handed = False  # _busy was handed to the writer thread, which has not taken it
         self._writer: threading.Thread | None = None
         self._closed = False
         self._flush_on_close = False
@@ -548,8 +549,10 @@ class Outbox:
             self._cond.notify_all()
 
     def _wake_writer_locked(self) -> None:
+        """Hand ``_busy`` (held by the caller) and what waits to be sent to the writer thread."""
         if self._cond is None:
             self._cond = threading.Condition(self._lock)
+        self._handed = True
         if self._writer is None:
             self._writer = threading.Thread(target=self._run_writer, daemon=True,
                                             name=f"escritor-{self._name}")
@@ -558,29 +561,44 @@ class Outbox:
             self._cond.notify_all()
 
     def _run_writer(self) -> None:
-        """Writer thread: send, waiting for the socket, whatever ``flush`` could not."""
+        """Writer thread: send, waiting for the socket, whatever ``flush`` could not.
+
+        It sends only while it owns ``_busy``, which a flusher hands it
+        (``_wake_writer_locked``), and gives it back when nothing is left.
+        Woken for any other reason -- every send notifies the condition -- it
+        goes back to sleep: clearing ``_busy`` then would let a third thread
+        send while the flusher that owns it still does, cutting lines into
+        each other and losing bytes.
+        """
         broken = ""
+        owns = False
         try:
             while not broken:
                 with self._lock:
-                    while not (self._unsent or self._queued) and not self._closed:
-                        self._busy = False
-                        self._cond.wait()
-                    if (self._closed and not self._flush_on_close) \
-                            or not (self._unsent or self._queued):
+                    if owns and not (self._unsent or self._queued):
+                        owns = self._busy = False  # all sent: flushers send again
+                    while not owns:
+                        if self._handed:
+                            self._handed, owns = False, True
+                        elif self._closed:
+                            self._writer = None  # under the lock: a later hand-off starts a new one
+                            return
+                        else:
+                            self._cond.wait()
+                    if self._closed and not self._flush_on_close:
                         return
-                    self._busy = True
                     wire, self._unsent = self._unsent, b""
                     if self._queued:
                         more, broken = self._take_wire_locked()
                         wire += more
-                if not broken:
+                if wire and not broken:
                     broken = self._send_waiting(wire)
         finally:
             with self._lock:
-                # Saying so under the lock lets a last ``flush`` start a new writer.
-                self._writer = None
-                self._busy = False
+                if self._writer is threading.current_thread():
+                    self._writer = None
+                if owns:
+                    self._busy = False
                 if self._cond is not None:
                     self._cond.notify_all()
             if broken:

@@ -681,3 +681,54 @@ def test_output_queued_while_a_flush_sends_is_always_sent(monkeypatch):
         outbox.join(TIMEOUT)
         near.close()
         far.close()
+
+
+def test_a_writer_woken_while_another_thread_sends_leaves_it_the_send(monkeypatch):
+    """The writer thread, woken while a flusher owns the send, must not take that away:
+    a third thread then sent at the same time, and lines came out cut into each other
+    (or lost: the reader's last messages, and it was dropped 30 s later)."""
+    near, far = socket.socketpair()
+    far.settimeout(TIMEOUT)
+    outbox = servidor.Outbox(servidor.PlainTransport(near), 0, "teste", lambda why: None, 30.0)
+    real_send = servidor.rede.send_nowait
+    calls: list[bytes] = []
+    lines = {name: f"{name} ".encode() + b"x" * 2000 + b"\n" for name in ("a", "b", "c", "d")}
+
+    def orchestrated_send(sock: socket.socket, data: bytes | memoryview) -> int:
+        data = bytes(data)
+        calls.append(data)
+        if data == lines["a"]:  # setting up: half now, the writer thread sends the rest
+            return real_send(sock, data[:1000])
+        if data == lines["b"]:  # the flusher's first round; more comes meanwhile
+            outbox.put(lines["c"])
+            return real_send(sock, data)
+        if data == lines["c"]:  # its second round, while the writer wakes
+            deadline = time.monotonic() + 0.3
+            while outbox._busy and time.monotonic() < deadline:
+                time.sleep(0.005)
+            third = threading.Thread(target=lambda: (outbox.put(lines["d"]), outbox.flush()))
+            third.start()
+            third.join(TIMEOUT)
+            return real_send(sock, data[:1000])  # half: the rest goes to the writer
+        return real_send(sock, data)
+
+    monkeypatch.setattr(servidor.rede, "send_nowait", orchestrated_send)
+    try:
+        outbox.put(lines["a"])
+        outbox.flush()
+        wait_until(lambda: outbox.drained and not outbox._busy, what="o escritor terminar")
+        outbox.put(lines["b"])
+        outbox.flush()
+        expected = b"".join(lines[name] for name in "abcd")
+        received = b""
+        while len(received) < len(expected):
+            chunk = far.recv(65536)  # TimeoutError if something is never sent
+            assert chunk, "socket closed"
+            received += chunk
+        assert received.split(b"\n") == expected.split(b"\n")  # whole lines, in order
+        wait_until(lambda: outbox.drained, what="nada pendente")
+    finally:
+        outbox.close(flush=False)
+        outbox.join(TIMEOUT)
+        near.close()
+        far.close()
