@@ -648,15 +648,38 @@ def test_an_account_removed_and_created_again_is_reserved_again(tmp_path):
 # An outbox never keeps queued output without a sender
 
 
+@contextlib.contextmanager
+def outbox_to_a_socket() -> Iterator[tuple[servidor.Outbox, socket.socket]]:
+    """An ``Outbox`` on one end of a socket pair, and the other end to read what it sends."""
+    near, far = socket.socketpair()
+    far.settimeout(TIMEOUT)
+    outbox = servidor.Outbox(servidor.PlainTransport(near), 0, "teste", lambda why: None, 30.0)
+    try:
+        yield outbox, far
+    finally:
+        outbox.close(flush=False)
+        outbox.join(TIMEOUT)
+        near.close()
+        far.close()
+
+
+def read_exactly(sock: socket.socket, size: int) -> bytes:
+    """``size`` bytes from ``sock``: TimeoutError if some are never sent."""
+    received = b""
+    while len(received) < size:
+        chunk = sock.recv(65536)
+        assert chunk, "socket closed"
+        received += chunk
+    return received
+
+
 def test_output_queued_while_a_flush_sends_is_always_sent(monkeypatch):
     """Other threads keep queueing while one flushes; when that flush stops taking more
     (it is bounded), what is still queued must go out anyway: found as an honest reader
     that got its last messages 30 s late and was then dropped as "parou de ler"."""
-    near, far = socket.socketpair()
-    far.settimeout(TIMEOUT)
-    outbox = servidor.Outbox(servidor.PlainTransport(near), 0, "teste", lambda why: None, 30.0)
     real_send = servidor.rede.send_nowait
     sends = []
+    outbox: servidor.Outbox
 
     def send_while_others_queue(sock: socket.socket, data: bytes | memoryview) -> int:
         sends.append(bytes(data))
@@ -665,33 +688,21 @@ def test_output_queued_while_a_flush_sends_is_always_sent(monkeypatch):
         return real_send(sock, data)
 
     monkeypatch.setattr(servidor.rede, "send_nowait", send_while_others_queue)
-    try:
+    with outbox_to_a_socket() as (outbox, far):
         outbox.put(b"linha 0\n")
         outbox.flush()  # the thread that flushes moves on after a few rounds
         expected = b"".join(f"linha {n}\n".encode() for n in range(9))
-        received = b""
-        while len(received) < len(expected):
-            chunk = far.recv(4096)  # TimeoutError if the rest is never sent
-            assert chunk, "socket closed"
-            received += chunk
-        assert received == expected
+        assert read_exactly(far, len(expected)) == expected
         wait_until(lambda: outbox.drained, what="nada pendente")
-    finally:
-        outbox.close(flush=False)
-        outbox.join(TIMEOUT)
-        near.close()
-        far.close()
 
 
 def test_a_writer_woken_while_another_thread_sends_leaves_it_the_send(monkeypatch):
     """The writer thread, woken while a flusher owns the send, must not take that away:
     a third thread then sent at the same time, and lines came out cut into each other
     (or lost: the reader's last messages, and it was dropped 30 s later)."""
-    near, far = socket.socketpair()
-    far.settimeout(TIMEOUT)
-    outbox = servidor.Outbox(servidor.PlainTransport(near), 0, "teste", lambda why: None, 30.0)
     real_send = servidor.rede.send_nowait
     calls: list[bytes] = []
+    outbox: servidor.Outbox
     lines = {name: f"{name} ".encode() + b"x" * 2000 + b"\n" for name in ("a", "b", "c", "d")}
 
     def orchestrated_send(sock: socket.socket, data: bytes | memoryview) -> int:
@@ -713,22 +724,13 @@ def test_a_writer_woken_while_another_thread_sends_leaves_it_the_send(monkeypatc
         return real_send(sock, data)
 
     monkeypatch.setattr(servidor.rede, "send_nowait", orchestrated_send)
-    try:
+    with outbox_to_a_socket() as (outbox, far):
         outbox.put(lines["a"])
         outbox.flush()
         wait_until(lambda: outbox.drained and not outbox._busy, what="o escritor terminar")
         outbox.put(lines["b"])
         outbox.flush()
         expected = b"".join(lines[name] for name in "abcd")
-        received = b""
-        while len(received) < len(expected):
-            chunk = far.recv(65536)  # TimeoutError if something is never sent
-            assert chunk, "socket closed"
-            received += chunk
+        received = read_exactly(far, len(expected))
         assert received.split(b"\n") == expected.split(b"\n")  # whole lines, in order
         wait_until(lambda: outbox.drained, what="nada pendente")
-    finally:
-        outbox.close(flush=False)
-        outbox.join(TIMEOUT)
-        near.close()
-        far.close()
