@@ -825,11 +825,7 @@ class Store:
         every write fails (``_lost``).
         """
         with self._write_lock:
-            conn = self._writer
-            if conn is None:
-                raise StoreError("armazenamento fechado")
-            if self._lost:
-                raise StoreError("arquivo de dados removido ou substituído")
+            conn = self._writer_locked()
             try:
                 conn.execute("BEGIN IMMEDIATE")
                 yield conn
@@ -907,14 +903,18 @@ class Store:
         first = last - count + 1
         return [(first + offset, prepared.time_ms) for offset in range(count)]
 
+    def _writer_locked(self) -> sqlite3.Connection:
+        """The write connection (``_write_lock`` held); StoreError if closed or the file is lost."""
+        if self._writer is None:
+            raise StoreError("armazenamento fechado")
+        if self._lost:
+            raise StoreError("arquivo de dados removido ou substituído")
+        return self._writer
+
     def _insert_alone(self, rows: int, values: list[object]) -> int:
         """One multi-row INSERT in autocommit (atomic by itself); the last id it gave."""
         with self._write_lock:
-            conn = self._writer
-            if conn is None:
-                raise StoreError("armazenamento fechado")
-            if self._lost:
-                raise StoreError("arquivo de dados removido ou substituído")
+            conn = self._writer_locked()
             self._check_same_file()
             try:
                 return conn.execute(_insert_statement(rows), values).lastrowid
