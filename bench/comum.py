@@ -39,6 +39,7 @@ import threading
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass
+from multiprocessing.connection import Connection
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parent.parent
@@ -154,6 +155,26 @@ def latency_summary(sorted_us: Sequence[int]) -> dict[str, float]:
                for name, q in (("p50", 0.50), ("p90", 0.90), ("p99", 0.99))}
     figures["max"] = round((sorted_us[-1] if sorted_us else 0) / 1000, 3)
     return figures
+
+
+def wait_until_ready(conns: Sequence[Connection], timeout: float, what: str) -> None:
+    """Wait for every generator process's ("pronto", _); RuntimeError naming ``what`` if not."""
+    for conn in conns:
+        if not conn.poll(timeout):
+            raise RuntimeError(f"um processo gerador não ficou pronto em {timeout:g} s")
+        status, detail = conn.recv()
+        if status != "pronto":
+            raise RuntimeError(f"falha ao {what}: {detail}")
+
+
+def start_together(conns: Sequence[Connection], lead: float = 0.2) -> float:
+    """Tell every generator process to start at the same moment, ``lead`` s from now;
+    returns that moment (``time.monotonic``) once it has come."""
+    start_at = time.monotonic() + lead
+    for conn in conns:
+        conn.send(("inicio", start_at))
+    time.sleep(max(0.0, start_at - time.monotonic()))
+    return start_at
 
 
 def stop_process(process: subprocess.Popen, timeout: float = 5.0) -> None:

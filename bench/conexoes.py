@@ -234,14 +234,10 @@ def run_once(server: comum.ServerUnderTest, target: str, clients: int, processes
         workers.append((process, parent_end))
     result: dict = {"clientes": clients, "alvo": target}
     try:
-        for _, conn in workers:
-            if not conn.poll(30) or conn.recv()[0] != "pronto":
-                raise RuntimeError("um processo gerador não ficou pronto")
+        conns = [conn for _, conn in workers]
+        comum.wait_until_ready(conns, 30, "preparar os clientes")
         result["carga_1min"] = comum.load_average()
-        start_at = time.monotonic() + 0.2
-        for _, conn in workers:
-            conn.send(("inicio", start_at))
-        time.sleep(max(0.0, start_at - time.monotonic()))
+        start_at = comum.start_together(conns)
         cpu0 = server.cpu
         registered = failures = 0
         finished = start_at

@@ -434,17 +434,10 @@ def run_once(server, target: comum.Target, pairs: int, args: argparse.Namespace,
     results: list[WorkerResult] = []
     failure = ""
     try:
-        for _, conn in workers:
-            if not conn.poll(60):
-                raise RuntimeError("um processo gerador não ficou pronto em 60 s")
-            status, detail = conn.recv()
-            if status != "pronto":
-                raise RuntimeError(f"falha ao registrar os pares: {detail}")
+        conns = [conn for _, conn in workers]
+        comum.wait_until_ready(conns, 60, "registrar os pares")
         load = comum.load_average()
-        start_at = time.monotonic() + 0.2
-        for _, conn in workers:
-            conn.send(("inicio", start_at))
-        time.sleep(max(0.0, start_at - time.monotonic()))
+        start_at = comum.start_together(conns)
         server_cpu0 = server.cpu
         for _, conn in workers:
             if not conn.poll(args.duracao + 60):

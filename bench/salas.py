@@ -402,17 +402,10 @@ def run_once(server, target: comum.Target, args: argparse.Namespace, run_number:
     sent: dict[int, int] = {}
     failure = ""
     try:
-        for _, conn in workers:
-            if not conn.poll(120):
-                raise RuntimeError("um processo gerador não ficou pronto em 120 s")
-            status, detail = conn.recv()
-            if status != "pronto":
-                raise RuntimeError(f"falha ao registrar ou entrar na sala: {detail}")
+        conns = [conn for _, conn in workers]
+        comum.wait_until_ready(conns, 120, "registrar ou entrar na sala")
         load = comum.load_average()
-        start_at = time.monotonic() + 0.2
-        for _, conn in workers:
-            conn.send(("inicio", start_at))
-        time.sleep(max(0.0, start_at - time.monotonic()))
+        start_at = comum.start_together(conns)
         server_cpu0 = server.cpu
         for _, conn in workers:
             if not conn.poll(args.duracao + 60):
