@@ -249,3 +249,24 @@ def pump_until(
 def pump() -> Callable[..., object]:
     """The :func:`pump_until` helper, for tests that prefer a fixture to an import."""
     return pump_until
+
+
+@pytest.fixture
+def connect(make_server: Any) -> Iterator[Callable[..., Any]]:
+    """Factory: a ``WireClient`` to a server; closed at teardown (before the server stops).
+
+    For modules that define ``make_server``: depending on it makes pytest tear the
+    clients down first, so a server never stops with its clients still open.
+    """
+    from wire import WireClient  # here: the product is imported after the simulation above
+
+    clients: list[WireClient] = []
+
+    def open_client(target: Any, **options: object) -> WireClient:
+        client = WireClient(target.address, **options)
+        clients.append(client)
+        return client
+
+    yield open_client
+    for client in clients:
+        client.close()

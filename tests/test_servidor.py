@@ -62,21 +62,6 @@ def server(make_server) -> servidor.Servidor:
 
 
 @pytest.fixture
-def connect(make_server):
-    """Factory: a ``WireClient`` to a server; closed at teardown (before the server stops)."""
-    clients: list[WireClient] = []
-
-    def open_client(target: servidor.Servidor, **options: object) -> WireClient:
-        client = WireClient(target.address, **options)
-        clients.append(client)
-        return client
-
-    yield open_client
-    for client in clients:
-        client.close()
-
-
-@pytest.fixture
 def user(server, connect):
     """Factory: a client connected to ``server`` and registered as ``nick``."""
 

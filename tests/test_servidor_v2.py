@@ -89,21 +89,6 @@ def server(make_server) -> servidor.Servidor:
 
 
 @pytest.fixture
-def connect():
-    """Factory: a ``WireClient`` to a server; closed at teardown (before the server stops)."""
-    clients: list[WireClient] = []
-
-    def open_client(target: servidor.Servidor, **options: object) -> WireClient:
-        client = WireClient(target.address, **options)
-        clients.append(client)
-        return client
-
-    yield open_client
-    for client in clients:
-        client.close()
-
-
-@pytest.fixture
 def v2(connect):
     """Factory: a version-2 client registered as ``nick`` (with ``password``, an account)."""
 
