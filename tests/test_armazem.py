@@ -8,7 +8,6 @@ always unmount in a ``finally``.
 
 from __future__ import annotations
 
-import contextlib
 import hashlib
 import io
 import os
@@ -24,6 +23,7 @@ import time
 from collections.abc import Iterator
 from pathlib import Path
 
+import discos
 import pytest
 
 import armazem
@@ -665,52 +665,11 @@ def test_a_replaced_data_file_fails_every_write(tmp_path: Path):
 # Disks that fill up or turn read-only (need root to mount)
 
 
-def _run(*command: str) -> subprocess.CompletedProcess:
-    return subprocess.run(command, capture_output=True, text=True, timeout=WAIT_S, check=False)
-
-
-def _require_root() -> None:
-    if not hasattr(os, "geteuid") or os.geteuid() != 0:
-        pytest.skip("precisa de root para montar um sistema de arquivos de teste")
-
-
-def _unmount(mount_point: Path) -> None:
-    if _run("umount", str(mount_point)).returncode != 0:
-        _run("umount", "-l", str(mount_point))
-
-
 @pytest.fixture
 def small_tmpfs(tmp_path: Path) -> Iterator[Path]:
     """A 2 MiB tmpfs mounted for this test only."""
-    _require_root()
-    mount_point = tmp_path / "mnt"
-    mount_point.mkdir()
-    result = _run("mount", "-t", "tmpfs", "-o", "size=2m,mode=0700", "tmpfs", str(mount_point))
-    if result.returncode != 0:
-        pytest.skip(f"mount não permitido aqui: {result.stderr.strip()}")
-    try:
+    with discos.mounted_tmpfs(tmp_path / "mnt", "2m") as mount_point:
         yield mount_point
-    finally:
-        _unmount(mount_point)
-
-
-def _fill(directory: Path) -> Path:
-    """Write a file until the file system is full; returns it."""
-    filler = directory / "enchimento"
-    with open(filler, "wb") as data:
-        for _ in range(1000):  # 64 MiB at most, far above the 2 MiB tmpfs
-            try:
-                data.write(b"\0" * 65536)
-                data.flush()
-            except OSError:
-                break
-        else:
-            pytest.fail("o sistema de arquivos de teste não encheu")
-    with contextlib.suppress(OSError), open(filler, "ab") as data:
-        for _ in range(64):
-            data.write(b"\0" * 1024)
-            data.flush()
-    return filler
 
 
 def test_a_full_disk_refuses_the_batch_whole_and_recovers(small_tmpfs: Path):
@@ -718,7 +677,7 @@ def test_a_full_disk_refuses_the_batch_whole_and_recovers(small_tmpfs: Path):
     try:
         before = [i for i, _ in store.append_messages(
             [room("ana", "#s", f"antes {n}") for n in range(10)])]
-        filler = _fill(small_tmpfs)
+        filler = discos.fill(small_tmpfs)
         accepted = list(before)
         failures = 0
         for attempt in range(200):
@@ -754,9 +713,9 @@ def test_a_read_only_file_system(small_tmpfs: Path):
     path = small_tmpfs / "chat.sqlite3"
     with Store.open(str(path)) as store:
         stored = store.append_messages([room("ana", "#s", "guardada")])[0][0]
-        busy = _run("mount", "-o", "remount,ro", str(small_tmpfs))
+        busy = discos.run("mount", "-o", "remount,ro", str(small_tmpfs))
         assert busy.returncode != 0  # EBUSY: the store holds its files open for writing
-    assert _run("mount", "-o", "remount,ro", str(small_tmpfs)).returncode == 0
+    assert discos.run("mount", "-o", "remount,ro", str(small_tmpfs)).returncode == 0
     try:
         before = sha256(path)
         with pytest.raises(StoreError, match="não permite gravação") as caught:
@@ -764,7 +723,7 @@ def test_a_read_only_file_system(small_tmpfs: Path):
         assert not isinstance(caught.value, StoreCorruptError)
         assert sha256(path) == before
     finally:
-        assert _run("mount", "-o", "remount,rw", str(small_tmpfs)).returncode == 0
+        assert discos.run("mount", "-o", "remount,rw", str(small_tmpfs)).returncode == 0
     with Store.open(str(path)) as store:
         assert ids_of(store.history_room("#s")) == [stored]
         assert store.append_messages([room("ana", "#s", "nova")])[0][0] == stored + 1
@@ -773,24 +732,24 @@ def test_a_read_only_file_system(small_tmpfs: Path):
 @pytest.fixture
 def ext4_image(tmp_path: Path) -> Iterator[tuple[Path, Path]]:
     """An 8 MiB ext4 image (no journal) mounted with errors=remount-ro; yields (mount, image)."""
-    _require_root()
+    discos.require_root()
     mkfs = shutil.which("mkfs.ext4")
     if mkfs is None:
         pytest.skip("mkfs.ext4 não encontrado (pacote e2fsprogs)")
     image = tmp_path / "disco.img"
     with open(image, "wb") as data:
         data.truncate(8 * 1024 * 1024)
-    if _run(mkfs, "-q", "-O", "^has_journal", str(image)).returncode != 0:
+    if discos.run(mkfs, "-q", "-O", "^has_journal", str(image)).returncode != 0:
         pytest.skip("mkfs.ext4 falhou")
     mount_point = tmp_path / "ext4"
     mount_point.mkdir()
-    result = _run("mount", "-o", "loop,errors=remount-ro", str(image), str(mount_point))
+    result = discos.run("mount", "-o", "loop,errors=remount-ro", str(image), str(mount_point))
     if result.returncode != 0:
         pytest.skip(f"mount -o loop não permitido aqui: {result.stderr.strip()}")
     try:
         yield mount_point, image
     finally:
-        _unmount(mount_point)
+        discos.unmount(mount_point)
 
 
 def test_the_disk_turning_read_only_under_a_running_store(ext4_image: tuple[Path, Path]):
@@ -800,7 +759,7 @@ def test_the_disk_turning_read_only_under_a_running_store(ext4_image: tuple[Path
     fsync=True every acknowledged message is still there after a remount.
     """
     mount_point, image = ext4_image
-    device = _run("findmnt", "-n", "-o", "SOURCE", str(mount_point)).stdout.strip()
+    device = discos.run("findmnt", "-n", "-o", "SOURCE", str(mount_point)).stdout.strip()
     trigger = Path("/sys/fs/ext4") / Path(device).name / "trigger_fs_error"
     if not trigger.exists():
         pytest.skip("este kernel não tem /sys/fs/ext4/*/trigger_fs_error")
@@ -816,8 +775,8 @@ def test_the_disk_turning_read_only_under_a_running_store(ext4_image: tuple[Path
         assert ids_of(store.history_room("#s", limit=100)) == accepted
     finally:
         store.close()
-    _unmount(mount_point)
-    assert _run("mount", "-o", "loop", str(image), str(mount_point)).returncode == 0
+    discos.unmount(mount_point)
+    assert discos.run("mount", "-o", "loop", str(image), str(mount_point)).returncode == 0
     with Store.open(str(path)) as reopened:
         assert [m.text for m in reopened.history_room("#s", limit=100)] == \
             [f"antes {n}" for n in range(20)]

@@ -28,10 +28,10 @@ import subprocess
 import threading
 import time
 import types
-from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import discos
 import pytest
 import simulacao
 from wire import HOST, REPO, TIMEOUT, UNLIMITED, ServerProcess, WireClient, wait_until
@@ -379,53 +379,8 @@ def test_a_v1_accounts_cursor_is_saved_while_it_is_online(tmp_path, rng):
 # Store faults through the server
 
 
-def _run(*command: str) -> subprocess.CompletedProcess:
-    return subprocess.run(command, capture_output=True, text=True, timeout=TIMEOUT * 2,
-                          check=False)
-
-
-def _unmount(mount_point: Path) -> None:
-    if _run("umount", str(mount_point)).returncode != 0:
-        _run("umount", "-l", str(mount_point))
-
-
-@contextlib.contextmanager
-def mounted_tmpfs(mount_point: Path, size: str) -> Iterator[Path]:
-    """A tmpfs of ``size`` at ``mount_point`` (root only); skips the test when not allowed."""
-    if not hasattr(os, "geteuid") or os.geteuid() != 0:
-        pytest.skip("precisa de root para montar um tmpfs pequeno (disco cheio de verdade)")
-    mount_point.mkdir()
-    result = _run("mount", "-t", "tmpfs", "-o", f"size={size},mode=0700", "tmpfs",
-                  str(mount_point))
-    if result.returncode != 0:
-        pytest.skip(f"mount não permitido aqui: {result.stderr.strip()}")
-    try:
-        yield mount_point
-    finally:
-        _unmount(mount_point)
-
-
-def fill(directory: Path) -> Path:
-    """Write a file until the file system is full; returns it."""
-    filler = directory / "enchimento"
-    with open(filler, "wb") as data:
-        for _ in range(4096):  # 256 MiB at most, far above the test's tmpfs
-            try:
-                data.write(b"\0" * 65536)
-                data.flush()
-            except OSError:
-                break
-        else:
-            pytest.fail("o tmpfs de teste não encheu")
-    with contextlib.suppress(OSError), open(filler, "ab") as data:
-        for _ in range(64):
-            data.write(b"\0" * 1024)
-            data.flush()
-    return filler
-
-
 def test_a_full_disk_refuses_enviar_keeps_the_rest_and_loses_nothing(tmp_path):
-    with mounted_tmpfs(tmp_path / "disco", "8m") as disk:
+    with discos.mounted_tmpfs(tmp_path / "disco", "8m") as disk:
         path = disk / "chat.sqlite3"
         with start(path) as process:
             target = types.SimpleNamespace(address=process.address)
@@ -445,7 +400,7 @@ def test_a_full_disk_refuses_enviar_keeps_the_rest_and_loses_nothing(tmp_path):
             filler = None
             for n in range(3000):
                 if n == 20:
-                    filler = fill(disk)
+                    filler = discos.fill(disk)
                 recipient = ("fora", "dentro", "#sala")[n % 3]
                 reply = ana.request(f"ENVIAR {recipient} {n}:{text}")
                 if OK_V2.fullmatch(reply):
@@ -646,11 +601,11 @@ def test_an_unusable_data_file_stops_the_server_and_is_left_untouched(tmp_path, 
 
 def test_a_read_only_data_directory_at_start(tmp_path):
     """Linux cannot remount read-only under open files: the tmpfs goes read-only first."""
-    with mounted_tmpfs(tmp_path / "ro", "4m") as disk:
+    with discos.mounted_tmpfs(tmp_path / "ro", "4m") as disk:
         path = disk / "chat.sqlite3"
         _chat_database(path)
         before = sha256(path)
-        assert _run("mount", "-o", "remount,ro", str(disk)).returncode == 0
+        assert discos.run("mount", "-o", "remount,ro", str(disk)).returncode == 0
         result = run_servidor("--dados", str(path))
         assert result.returncode == 2, result.stderr
         assert f"o diretório de dados não permite gravação: {disk}" in result.stderr
@@ -659,7 +614,7 @@ def test_a_read_only_data_directory_at_start(tmp_path):
         assert "não foi possível criar o arquivo de dados" in result.stderr
         assert "Traceback" not in result.stderr
         assert sha256(path) == before
-        assert _run("mount", "-o", "remount,rw", str(disk)).returncode == 0
+        assert discos.run("mount", "-o", "remount,rw", str(disk)).returncode == 0
         with start(path) as process, WireClient(process.address) as client:
             assert client.request("REGISTRAR ana") == "OK"
             assert client.request("ENTRAR #s") == "OK"
