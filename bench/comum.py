@@ -41,6 +41,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from multiprocessing.connection import Connection
 from pathlib import Path
+from typing import Protocol
 
 REPO = Path(__file__).resolve().parent.parent
 SERVER_SCRIPT = REPO / "servidor.py"
@@ -155,6 +156,35 @@ def latency_summary(sorted_us: Sequence[int]) -> dict[str, float]:
                for name, q in (("p50", 0.50), ("p90", 0.90), ("p99", 0.99))}
     figures["max"] = round((sorted_us[-1] if sorted_us else 0) / 1000, 3)
     return figures
+
+
+class Worker(Protocol):
+    """What a generator process runs: connect its clients, run from a start time, close."""
+
+    def connect(self) -> None: ...
+    def run(self, start_at: float) -> object: ...
+    def close(self) -> None: ...
+
+
+def serve_worker(worker: Worker, conn: Connection, ready_timeout: float) -> None:
+    """The generator process's side of ``wait_until_ready`` and ``start_together``:
+    connect, say "pronto" (or "falha" and why), run at the start time, send the result."""
+    try:
+        try:
+            worker.connect()
+        except OSError as exc:
+            conn.send(("falha", f"{type(exc).__name__}: {exc}"))
+            return
+        conn.send(("pronto", None))
+        if not conn.poll(ready_timeout):
+            return
+        command, start_at = conn.recv()
+        if command != "inicio":
+            return
+        conn.send(("resultado", worker.run(start_at)))
+    finally:
+        worker.close()
+        conn.close()
 
 
 def wait_until_ready(conns: Sequence[Connection], timeout: float, what: str) -> None:

@@ -356,23 +356,7 @@ class PairsWorker:
 
 def worker_main(settings: Settings, indices: list[int], conn) -> None:
     """Generator process: register, report ready, wait for the start time, run, report."""
-    worker = PairsWorker(settings, indices)
-    try:
-        try:
-            worker.connect()
-        except OSError as exc:
-            conn.send(("falha", f"{type(exc).__name__}: {exc}"))
-            return
-        conn.send(("pronto", None))
-        if not conn.poll(60):
-            return
-        command, start_at = conn.recv()
-        if command != "inicio":
-            return
-        conn.send(("resultado", worker.run(start_at)))
-    finally:
-        worker.close()
-        conn.close()
+    comum.serve_worker(PairsWorker(settings, indices), conn, 60)
 
 
 # --------------------------------------------------------------------------

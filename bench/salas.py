@@ -346,23 +346,7 @@ class RoomsWorker:
 
 def worker_main(settings: Settings, indices: list[int], conn) -> None:
     """Generator process: register and join, report ready, run at the start time, report."""
-    worker = RoomsWorker(settings, indices, conn)
-    try:
-        try:
-            worker.connect()
-        except OSError as exc:
-            conn.send(("falha", f"{type(exc).__name__}: {exc}"))
-            return
-        conn.send(("pronto", None))
-        if not conn.poll(120):
-            return
-        command, start_at = conn.recv()
-        if command != "inicio":
-            return
-        conn.send(("resultado", worker.run(start_at)))
-    finally:
-        worker.close()
-        conn.close()
+    comum.serve_worker(RoomsWorker(settings, indices, conn), conn, 120)
 
 
 def assign_members(settings: Settings, processes: int) -> list[list[int]]:
