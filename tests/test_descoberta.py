@@ -367,17 +367,28 @@ def test_discover_respects_its_timeout(hosts: list[str]) -> None:
         assert probes == [protocolo.DISCOVERY_PROBE] * 2  # the probe and its resend
 
 
-def test_discover_in_background_does_not_block(responder) -> None:
-    port = responder.address[1]
-    started = time.monotonic()
-    handle = descoberta.discover_in_background(port, ["127.0.0.1", "localhost"],
-                                               broadcast=False, timeout=0.5)
-    assert time.monotonic() - started < 0.2
-    assert not handle.done()
-    with pytest.raises(TimeoutError):
-        handle.result(timeout=0)
-    assert handle.result(timeout=TIMEOUT) == [FoundServer("127.0.0.1", port, True, "sala 12")]
-    assert handle.done()
+def test_discover_in_background_does_not_block() -> None:
+    """The GUI keeps running while discovery waits; the answer shows up once it comes.
+
+    The server here is a socket the test answers by hand, so the discovery
+    cannot finish before the test has looked at it while it is still waiting.
+    """
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as server:
+        server.bind(("127.0.0.1", 0))
+        server.settimeout(TIMEOUT)
+        port = server.getsockname()[1]
+        started = time.monotonic()
+        handle = descoberta.discover_in_background(port, ["127.0.0.1"], broadcast=False,
+                                                   timeout=4 * TIMEOUT)
+        assert time.monotonic() - started < 0.2
+        probe, client = server.recvfrom(1024)
+        assert probe == protocolo.DISCOVERY_PROBE
+        assert not handle.done()
+        with pytest.raises(TimeoutError):
+            handle.result(timeout=0)
+        server.sendto(protocolo.format_discovery_answer(port, True, "sala 12"), client)
+        assert handle.result(timeout=TIMEOUT) == [FoundServer("127.0.0.1", port, True, "sala 12")]
+        assert handle.done()
 
 
 # --------------------------------------------------------------------------
