@@ -380,7 +380,7 @@ def test_discover_in_background_does_not_block() -> None:
         started = time.monotonic()
         handle = descoberta.discover_in_background(port, ["127.0.0.1"], broadcast=False,
                                                    timeout=4 * TIMEOUT)
-        assert time.monotonic() - started < 0.2
+        assert time.monotonic() - started < 1.0  # blocking would take until the answer
         probe, client = server.recvfrom(1024)
         assert probe == protocolo.DISCOVERY_PROBE
         assert not handle.done()
