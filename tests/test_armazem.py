@@ -952,6 +952,95 @@ def test_a_closed_store_refuses_everything(tmp_path: Path):
 
 
 # --------------------------------------------------------------------------
+# Checkpoints, on the store's own thread
+
+
+def _checkpointer_threads() -> list[threading.Thread]:
+    return [t for t in threading.enumerate() if t.name == "armazem-checkpoint"]
+
+
+def _wait_for(condition, what: str) -> None:
+    deadline = time.monotonic() + WAIT_S
+    while not condition():
+        assert time.monotonic() < deadline, f"esperando: {what}"
+        time.sleep(0.01)
+
+
+def test_commits_reach_the_data_file_in_the_background_not_at_close(tmp_path: Path):
+    """Copying the -wal is not any commit's job: the file grows while the store stays open."""
+    path = tmp_path / "chat.sqlite3"
+    with Store.open(str(path)) as store:
+        empty_size = path.stat().st_size
+        for _ in range(4):
+            store.append_messages([room("ana", "#s", "x" * 200) for _ in range(100)])
+        # ~100 KB, well under the ~4 MB after which SQLite's own checkpoint would copy it.
+        _wait_for(lambda: path.stat().st_size > empty_size + 50_000, "o arquivo crescer")
+        assert store._writer.execute("PRAGMA wal_autocheckpoint").fetchone()[0] == 0
+        assert len(store.history_room("#s", limit=1000)) == 400
+
+
+def test_the_wal_stays_bounded_under_steady_writes(tmp_path: Path, monkeypatch):
+    """With writes never pausing, each background pass ends with new frames behind it.
+
+    Without the catch-up under the write lock the -wal would never start
+    over and would hold everything written (here ~12 MB).
+    """
+    monkeypatch.setattr(armazem, "CHECKPOINT_CATCH_UP_FRAMES", 300)
+    monkeypatch.setattr(armazem, "CHECKPOINT_INTERVAL_S", 0.005)
+    path = tmp_path / "chat.sqlite3"
+    wal = Path(str(path) + "-wal")
+    largest_wal = 0
+    with Store.open(str(path)) as store:
+        for _ in range(300):
+            store.append_messages([room("ana", "#s", "x" * 400) for _ in range(100)])
+            largest_wal = max(largest_wal, wal.stat().st_size)
+        catch_ups = store._checkpointer.catch_ups
+        assert store.newest_id() == 30_000
+    # The -wal file keeps its largest size until it starts over; without catching
+    # up it would hold all 30,000 rows (measured: 23.6 MB; with it: 3-6 MB).
+    texts_alone = 30_000 * 400
+    assert largest_wal < texts_alone, largest_wal
+    assert catch_ups >= 1
+    with Store.open(str(path)) as reopened:
+        assert len(reopened.history_room("#s", limit=1000)) == 1000
+
+
+def test_a_failed_checkpoint_is_logged_and_loses_nothing(tmp_path: Path, caplog):
+    path = tmp_path / "chat.sqlite3"
+    with Store.open(str(path)) as store:
+        real = store._checkpointer._conn
+
+        class FailingConnection:
+            def execute(self, sql: str) -> None:
+                raise sqlite3.OperationalError("disk I/O error")
+
+            def close(self) -> None:
+                real.close()
+
+        store._checkpointer._conn = FailingConnection()
+        with caplog.at_level("WARNING", logger="armazem"):
+            store.append_messages([room("ana", "#s", "antes")])
+            _wait_for(lambda: "checkpoint" in caplog.text, "o aviso no log")
+        assert "SQLITE_IOERR" in caplog.text
+        assert _checkpointer_threads()  # still there, for the next write
+        store._checkpointer._conn = real
+        store.append_messages([room("ana", "#s", "depois")])
+        assert [m.text for m in store.history_room("#s")] == ["antes", "depois"]
+    with Store.open(str(path)) as reopened:
+        assert [m.text for m in reopened.history_room("#s")] == ["antes", "depois"]
+
+
+def test_closing_ends_the_checkpointer_and_leaves_no_wal(tmp_path: Path):
+    before = len(_checkpointer_threads())
+    store = Store.open(str(tmp_path / "chat.sqlite3"))
+    assert len(_checkpointer_threads()) == before + 1
+    store.append_messages([room("ana", "#s", "x" * 300) for _ in range(500)])
+    store.close()
+    assert len(_checkpointer_threads()) == before
+    assert side_files(tmp_path / "chat.sqlite3") == []
+
+
+# --------------------------------------------------------------------------
 # Passwords
 
 
