@@ -230,6 +230,11 @@ class Session:
     timed_out: bool = False
     garbage_expected: int = 0
     garbage_answered: int = 0
+    last_line: str = ""
+    """The last line the server sent on it: why it was closed, when it says."""
+    last_request_sent: float = 0.0
+    """When this connection last sent a non-blank line (0: never): the server's
+    TEMPO clock for an unregistered connection restarts no earlier than that."""
     presence: set[str] | None = None
     """Who is online as this subscriber sees it; None until its snapshot, or if untracked."""
     presence_early: list[str] | None = None
@@ -421,7 +426,8 @@ class Soak:
                 self.counts["leitores_lentos_derrubados"] += 1
             elif sim.behavior in WELL_BEHAVED or self.limits_known:
                 self.violation(f"{sim.behavior} {session.nick or sim.number}: o servidor "
-                               f"fechou a conexão ({why}); pendentes: {len(session.pending)}")
+                               f"fechou a conexão ({why}); pendentes: {len(session.pending)}; "
+                               f"última linha: {session.last_line[:80]!r}")
         self.forget_registration(session)
         self.finish(session)
         if sim.behavior in (FLAPPER, LURKER, SLOW_READER, GARBAGE):
@@ -535,7 +541,10 @@ class Soak:
             return
         lines = [self.rng.choice(GARBAGE_LINES) if self.rng.random() < 0.8
                  else self.rng.choice(BLANK_LINES) for _ in range(self.rng.randint(1, 4))]
-        session.garbage_expected += sum(1 for line in lines if line.strip(b" \r"))
+        counted = sum(1 for line in lines if line.strip(b" \r"))
+        session.garbage_expected += counted
+        if counted:
+            session.last_request_sent = time.monotonic()
         data = b"".join(line + b"\n" for line in lines)
         # Cut it at random places: lines may arrive in pieces.
         cuts = sorted(self.rng.sample(range(1, len(data)), min(2, len(data) - 1)))
@@ -581,8 +590,12 @@ class Soak:
         del session.inbuf[:start]
 
     def on_line(self, session: Session, line: str) -> None:
+        session.last_line = line
         behavior = session.sim.behavior
         if behavior == GARBAGE:
+            if line.startswith("ERRO TEMPO "):
+                self.on_garbage_timeout(session)
+                return
             session.garbage_answered += 1
             if not line.startswith("ERRO "):
                 self.violation(f"lixo {session.sim.number}: resposta que não é ERRO: {line[:60]!r}")
@@ -605,6 +618,21 @@ class Soak:
             self.violation(f"{session.nick}: linha sem pedido: {line[:60]!r}")
         else:
             self.on_reply(session, session.pending.popleft(), line)
+
+    def on_garbage_timeout(self, session: Session) -> None:
+        """A garbage client never registers: TEMPO is its due once it paused long enough.
+
+        Only non-blank lines restart the clock, and a run of blank-only
+        batches (or this loop running late) can leave it quiet past the
+        bound; being cut sooner than that after its last counted line is
+        the server's fault.
+        """
+        session.timed_out = True
+        self.counts["tempo_esgotado"] += 1
+        quiet = time.monotonic() - max(session.opened, session.last_request_sent)
+        if self.limits_known and quiet < self.register_timeout * 0.9:
+            self.violation(f"lixo {session.sim.number}: ERRO TEMPO depois de só {quiet:.2f} s "
+                           "sem linha")
 
     def on_lurker_line(self, session: Session, line: str) -> None:
         lived = time.monotonic() - session.opened
