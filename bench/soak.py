@@ -232,9 +232,6 @@ class Session:
     garbage_answered: int = 0
     last_line: str = ""
     """The last line the server sent on it: why it was closed, when it says."""
-    last_request_sent: float = 0.0
-    """When this connection last sent a non-blank line (0: never): the server's
-    TEMPO clock for an unregistered connection restarts no earlier than that."""
     presence: set[str] | None = None
     """Who is online as this subscriber sees it; None until its snapshot, or if untracked."""
     presence_early: list[str] | None = None
@@ -541,10 +538,7 @@ class Soak:
             return
         lines = [self.rng.choice(GARBAGE_LINES) if self.rng.random() < 0.8
                  else self.rng.choice(BLANK_LINES) for _ in range(self.rng.randint(1, 4))]
-        counted = sum(1 for line in lines if line.strip(b" \r"))
-        session.garbage_expected += counted
-        if counted:
-            session.last_request_sent = time.monotonic()
+        session.garbage_expected += sum(1 for line in lines if line.strip(b" \r"))
         data = b"".join(line + b"\n" for line in lines)
         # Cut it at random places: lines may arrive in pieces.
         cuts = sorted(self.rng.sample(range(1, len(data)), min(2, len(data) - 1)))
@@ -620,19 +614,18 @@ class Soak:
             self.on_reply(session, session.pending.popleft(), line)
 
     def on_garbage_timeout(self, session: Session) -> None:
-        """A garbage client never registers: TEMPO is its due once it paused long enough.
+        """A garbage client never registers, so TEMPO may rightly end it.
 
-        Only non-blank lines restart the clock, and a run of blank-only
-        batches (or this loop running late) can leave it quiet past the
-        bound; being cut sooner than that after its last counted line is
-        the server's fault.
+        Its lines restart the clock only when the server reads them: blank
+        lines do not count, and an address over its budget (a flooder's
+        neighbour) is not read for a while. What always holds is that the
+        clock starts at the connection: being cut sooner is the server's fault.
         """
         session.timed_out = True
         self.counts["tempo_esgotado"] += 1
-        quiet = time.monotonic() - max(session.opened, session.last_request_sent)
-        if self.limits_known and quiet < self.register_timeout * 0.9:
-            self.violation(f"lixo {session.sim.number}: ERRO TEMPO depois de só {quiet:.2f} s "
-                           "sem linha")
+        lived = time.monotonic() - session.opened
+        if self.limits_known and lived < self.register_timeout * 0.9:
+            self.violation(f"lixo {session.sim.number}: ERRO TEMPO cedo ({lived:.2f} s)")
 
     def on_lurker_line(self, session: Session, line: str) -> None:
         lived = time.monotonic() - session.opened
