@@ -611,8 +611,13 @@ class _Checkpointer:
     appending (SQLite releases the GIL meanwhile). Past
     ``CHECKPOINT_CATCH_UP_FRAMES`` it copies the rest holding the write lock,
     so the ``-wal`` can start over. A failed checkpoint loses nothing (the
-    frames stay in the ``-wal``, which SQLite reads); it is logged and tried
-    again after the next write.
+    frames stay in the ``-wal``, which SQLite reads); it is logged (once per
+    kind of failure in a row) and tried again after the next write.
+
+    The thread closes its own connection when it ends, so a pass stuck on
+    the disk past ``stop``'s bound still closes it (and, as the last
+    connection, removes the ``-wal``) once it finishes. A catch-up stuck on
+    the disk holds the write lock, and closing the store waits for it.
     """
 
     def __init__(self, conn: sqlite3.Connection, write_lock: threading.Lock) -> None:
@@ -624,6 +629,7 @@ class _Checkpointer:
                                         daemon=True)
         self.runs = 0
         self.catch_ups = 0
+        self._failing = ""  # the SQLite error name of the last failed pass, if it failed
 
     def start(self) -> None:
         self._thread.start()
@@ -633,33 +639,42 @@ class _Checkpointer:
         self._wanted.set()
 
     def stop(self) -> None:
-        """End the thread (after the checkpoint in progress, bounded) and close its connection."""
+        """End the thread, waiting (bounded) for the checkpoint in progress."""
         self._stopping.set()
         self._wanted.set()
+        self._thread.join(CHECKPOINT_STOP_WAIT_S)
         if self._thread.is_alive():
-            self._thread.join(CHECKPOINT_STOP_WAIT_S)
-        if self._thread.is_alive():  # a checkpoint stuck on the disk: leave it its connection
-            log.warning("o checkpoint do armazenamento não terminou em %.0f s",
-                        CHECKPOINT_STOP_WAIT_S)
-            return
-        with contextlib.suppress(sqlite3.Error):
-            self._conn.close()
+            log.warning("o checkpoint do armazenamento não terminou em %.0f s; ele fecha o "
+                        "arquivo quando terminar", CHECKPOINT_STOP_WAIT_S)
 
     def _run(self) -> None:
-        # ``stop`` sets _stopping before _wanted: if the clear() below eats
-        # its wake-up, the loop's condition still sees it.
-        while not self._stopping.is_set():
-            self._wanted.wait()
-            if self._stopping.wait(CHECKPOINT_INTERVAL_S):
-                return
-            self._wanted.clear()
-            try:
-                self.checkpoint()
-            except sqlite3.Error as exc:
+        try:
+            # ``stop`` sets _stopping before _wanted: if the clear() below
+            # eats its wake-up, the loop's condition still sees it.
+            while not self._stopping.is_set():
+                self._wanted.wait()
+                if self._stopping.wait(CHECKPOINT_INTERVAL_S):
+                    return
+                self._wanted.clear()
+                self._pass()
+        finally:
+            with contextlib.suppress(sqlite3.Error):
+                self._conn.close()
+
+    def _pass(self) -> None:
+        """One checkpoint; a failure is logged when it differs from the previous pass's."""
+        try:
+            self.checkpoint()
+        except sqlite3.Error as exc:
+            name = _error_name(exc)
+            if name != self._failing:
                 log.warning("checkpoint do armazenamento falhou (%s); os dados seguem no "
-                            "arquivo -wal", _error_name(exc))
-            except Exception:  # a bug here must not end checkpoints for good
-                log.exception("erro inesperado no checkpoint do armazenamento")
+                            "arquivo -wal", name)
+            self._failing = name
+            return
+        except Exception:  # a bug here must not end checkpoints for good
+            log.exception("erro inesperado no checkpoint do armazenamento")
+        self._failing = ""
 
     def checkpoint(self) -> tuple[int, int]:
         """One pass: frames in the ``-wal`` and frames copied into the file after it."""
@@ -826,6 +841,7 @@ class Store:
         self._reads = _ReadPool(readers)
         self._checkpointer = _Checkpointer(checkpoints, self._write_lock)
         self._checkpointer.start()
+        self._checkpointer.wanted()  # a -wal left by a crash or by the migrations
 
     def __repr__(self) -> str:
         return f"<Store {self.path!r} fsync={self.fsync}>"

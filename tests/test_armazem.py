@@ -979,36 +979,62 @@ def test_commits_reach_the_data_file_in_the_background_not_at_close(tmp_path: Pa
         assert len(store.history_room("#s", limit=1000)) == 400
 
 
-def test_the_wal_stays_bounded_under_steady_writes(tmp_path: Path, monkeypatch):
-    """With writes never pausing, each background pass ends with new frames behind it.
+def _wal_frames(path: Path) -> int:
+    """Frames in the -wal now (a PASSIVE checkpoint from a connection of the test's own)."""
+    conn = sqlite3.connect(str(path))
+    try:
+        return conn.execute("PRAGMA wal_checkpoint(PASSIVE)").fetchone()[1]
+    finally:
+        conn.close()
 
-    Without the catch-up under the write lock the -wal would never start
-    over and would hold everything written (here ~12 MB).
+
+def test_a_long_wal_is_caught_up_so_that_it_starts_over(tmp_path: Path, monkeypatch):
+    """Past the catch-up mark a pass copies the rest with writes held: the next write restarts.
+
+    Under writes that never pause, every background pass ends with new
+    frames behind it and the -wal would never start over (measured in a
+    tight loop: 23.6 MB for 12 MB of texts). Here the pass is called by
+    hand, so the test does not depend on how fast this machine's disk is.
     """
+    monkeypatch.setattr(armazem, "CHECKPOINT_CATCH_UP_FRAMES", 300)
+    monkeypatch.setattr(armazem, "CHECKPOINT_INTERVAL_S", 3600.0)  # the thread stays out of it
+    path = tmp_path / "chat.sqlite3"
+    with Store.open(str(path)) as store:
+        store.append_messages([room("ana", "#s", "x" * 400) for _ in range(100)])
+        frames, copied = store._checkpointer.checkpoint()
+        assert 0 < frames < 300 and store._checkpointer.catch_ups == 0  # no lock when short
+        for _ in range(30):
+            store.append_messages([room("ana", "#s", "x" * 400) for _ in range(100)])
+        frames, copied = store._checkpointer.checkpoint()
+        assert frames >= 300 and copied == frames
+        assert store._checkpointer.catch_ups == 1
+        store.append_messages([room("ana", "#s", "depois")])
+        assert _wal_frames(path) < 20  # started over from its beginning
+        assert len(store.history_room("#s", limit=5000)) == 3101
+
+
+def test_steady_writes_beside_background_catch_ups_lose_nothing(tmp_path: Path, monkeypatch):
+    """Writes that never pause, catch-ups under the write lock: every row there, in order."""
     monkeypatch.setattr(armazem, "CHECKPOINT_CATCH_UP_FRAMES", 300)
     monkeypatch.setattr(armazem, "CHECKPOINT_INTERVAL_S", 0.005)
     path = tmp_path / "chat.sqlite3"
-    wal = Path(str(path) + "-wal")
-    largest_wal = 0
+    batch = [room("ana", "#s", "x" * 400) for _ in range(100)]
     with Store.open(str(path)) as store:
-        for _ in range(300):
-            store.append_messages([room("ana", "#s", "x" * 400) for _ in range(100)])
-            largest_wal = max(largest_wal, wal.stat().st_size)
+        prepared = store.prepare(batch)
+        ids = [message_id for _ in range(300) for message_id, _ in store.write(prepared)]
         catch_ups = store._checkpointer.catch_ups
-        assert store.newest_id() == 30_000
-    # The -wal file keeps its largest size until it starts over; without catching
-    # up it would hold all 30,000 rows (measured: 23.6 MB; with it: 3-6 MB).
-    texts_alone = 30_000 * 400
-    assert largest_wal < texts_alone, largest_wal
+    assert ids == list(range(1, 30_001))
     assert catch_ups >= 1
     with Store.open(str(path)) as reopened:
-        assert len(reopened.history_room("#s", limit=1000)) == 1000
+        assert reopened.newest_id() == 30_000
+        assert ids_of(reopened.history_room("#s", limit=1000)) == list(range(29_001, 30_001))
 
 
 def test_a_failed_checkpoint_is_logged_and_loses_nothing(tmp_path: Path, caplog):
     path = tmp_path / "chat.sqlite3"
     with Store.open(str(path)) as store:
-        real = store._checkpointer._conn
+        checkpointer = store._checkpointer
+        real = checkpointer._conn
 
         class FailingConnection:
             def execute(self, sql: str) -> None:
@@ -1017,17 +1043,57 @@ def test_a_failed_checkpoint_is_logged_and_loses_nothing(tmp_path: Path, caplog)
             def close(self) -> None:
                 real.close()
 
-        store._checkpointer._conn = FailingConnection()
+        checkpointer._conn = FailingConnection()
         with caplog.at_level("WARNING", logger="armazem"):
-            store.append_messages([room("ana", "#s", "antes")])
-            _wait_for(lambda: "checkpoint" in caplog.text, "o aviso no log")
-        assert "SQLITE_IOERR" in caplog.text
-        assert _checkpointer_threads()  # still there, for the next write
-        store._checkpointer._conn = real
-        store.append_messages([room("ana", "#s", "depois")])
-        assert [m.text for m in store.history_room("#s")] == ["antes", "depois"]
+            for text in ("antes", "de novo", "mais uma"):
+                runs_before = checkpointer.runs
+                store.append_messages([room("ana", "#s", text)])
+                _wait_for(lambda before=runs_before: checkpointer.runs > before,
+                          "mais uma passada")
+        warnings = [r for r in caplog.records if "checkpoint" in r.getMessage()]
+        assert len(warnings) == 1 and "SQLITE_IOERR" in warnings[0].getMessage()  # not one a pass
+        assert checkpointer._thread.is_alive()  # still there, for the next write
+        checkpointer._conn = real
+        size = path.stat().st_size
+        store.append_messages([room("ana", "#s", "x" * 300) for _ in range(200)])
+        _wait_for(lambda: path.stat().st_size > size, "o checkpoint voltar a copiar")
     with Store.open(str(path)) as reopened:
-        assert [m.text for m in reopened.history_room("#s")] == ["antes", "depois"]
+        texts = [m.text for m in reopened.history_room("#s", limit=1000)]
+    assert texts[:3] == ["antes", "de novo", "mais uma"] and len(texts) == 203
+
+
+def test_a_checkpoint_stuck_past_the_bound_closes_its_file_when_it_ends(tmp_path: Path,
+                                                                        monkeypatch, caplog):
+    monkeypatch.setattr(armazem, "CHECKPOINT_STOP_WAIT_S", 0.2)
+    path = tmp_path / "chat.sqlite3"
+    store = Store.open(str(path))
+    checkpointer = store._checkpointer
+    real = checkpointer._conn
+    inside, release = threading.Event(), threading.Event()
+
+    class StuckConnection:
+        def execute(self, sql: str):
+            inside.set()
+            release.wait(WAIT_S)
+            return real.execute(sql)
+
+        def close(self) -> None:
+            real.close()
+
+    checkpointer._conn = StuckConnection()
+    store.append_messages([room("ana", "#s", "x" * 300) for _ in range(50)])
+    assert inside.wait(WAIT_S)
+    started = time.monotonic()
+    with caplog.at_level("WARNING", logger="armazem"):
+        store.close()
+    assert time.monotonic() - started < 0.2 + 2.0  # the bound, not the stuck disk
+    assert "não terminou" in caplog.text
+    release.set()
+    checkpointer._thread.join(WAIT_S)
+    assert not checkpointer._thread.is_alive()
+    assert side_files(path) == []  # its connection, the last one, removed the -wal
+    with Store.open(str(path)) as reopened:
+        assert len(reopened.history_room("#s")) == 50
 
 
 def test_closing_ends_the_checkpointer_and_leaves_no_wal(tmp_path: Path):
