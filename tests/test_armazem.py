@@ -25,6 +25,7 @@ from pathlib import Path
 
 import discos
 import pytest
+from wire import wait_until
 
 import armazem
 import protocolo
@@ -959,13 +960,6 @@ def _checkpointer_threads() -> list[threading.Thread]:
     return [t for t in threading.enumerate() if t.name == "armazem-checkpoint"]
 
 
-def _wait_for(condition, what: str) -> None:
-    deadline = time.monotonic() + WAIT_S
-    while not condition():
-        assert time.monotonic() < deadline, f"esperando: {what}"
-        time.sleep(0.01)
-
-
 def test_commits_reach_the_data_file_in_the_background_not_at_close(tmp_path: Path):
     """Copying the -wal is not any commit's job: the file grows while the store stays open."""
     path = tmp_path / "chat.sqlite3"
@@ -974,7 +968,8 @@ def test_commits_reach_the_data_file_in_the_background_not_at_close(tmp_path: Pa
         for _ in range(4):
             store.append_messages([room("ana", "#s", "x" * 200) for _ in range(100)])
         # ~100 KB, well under the ~4 MB after which SQLite's own checkpoint would copy it.
-        _wait_for(lambda: path.stat().st_size > empty_size + 50_000, "o arquivo crescer")
+        wait_until(lambda: path.stat().st_size > empty_size + 50_000, WAIT_S,
+                   what="o arquivo crescer")
         assert store._writer.execute("PRAGMA wal_autocheckpoint").fetchone()[0] == 0
         assert len(store.history_room("#s", limit=1000)) == 400
 
@@ -1048,15 +1043,15 @@ def test_a_failed_checkpoint_is_logged_and_loses_nothing(tmp_path: Path, caplog)
             for text in ("antes", "de novo", "mais uma"):
                 runs_before = checkpointer.runs
                 store.append_messages([room("ana", "#s", text)])
-                _wait_for(lambda before=runs_before: checkpointer.runs > before,
-                          "mais uma passada")
+                wait_until(lambda before=runs_before: checkpointer.runs > before, WAIT_S,
+                           what="mais uma passada")
         warnings = [r for r in caplog.records if "checkpoint" in r.getMessage()]
         assert len(warnings) == 1 and "SQLITE_IOERR" in warnings[0].getMessage()  # not one a pass
         assert checkpointer._thread.is_alive()  # still there, for the next write
         checkpointer._conn = real
         size = path.stat().st_size
         store.append_messages([room("ana", "#s", "x" * 300) for _ in range(200)])
-        _wait_for(lambda: path.stat().st_size > size, "o checkpoint voltar a copiar")
+        wait_until(lambda: path.stat().st_size > size, WAIT_S, what="o checkpoint voltar a copiar")
     with Store.open(str(path)) as reopened:
         texts = [m.text for m in reopened.history_room("#s", limit=1000)]
     assert texts[:3] == ["antes", "de novo", "mais uma"] and len(texts) == 203
