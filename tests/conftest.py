@@ -73,6 +73,20 @@ def _stop_process(proc: subprocess.Popen) -> None:
         proc.wait(XVFB_STOP_TIMEOUT)
 
 
+_started_xvfb: dict[str, Any] = {}
+"""The Xvfb this session started ("proc", "log"), for the window manager's diagnostics."""
+
+
+def _xvfb_report() -> str:
+    """Whether the session's Xvfb still runs, and what it printed (for a failure message)."""
+    if not _started_xvfb:
+        return "Xvfb: o display já existia (DISPLAY)"
+    log = _started_xvfb["log"]
+    log.seek(0)
+    output = log.read().decode("utf-8", "replace").strip()[-2000:]
+    return f"Xvfb: código de saída {_started_xvfb['proc'].poll()}; saída:\n{output}"
+
+
 @pytest.fixture(scope="session")
 def xvfb_display() -> Iterator[str]:
     """Yield an X display name, starting a private Xvfb when none is set."""
@@ -109,9 +123,11 @@ def xvfb_display() -> Iterator[str]:
             os.close(read_fd)
 
         os.environ["DISPLAY"] = f":{number}"
+        _started_xvfb.update(proc=proc, log=log)
         try:
             yield os.environ["DISPLAY"]
         finally:
+            _started_xvfb.clear()
             _stop_process(proc)
             os.environ.pop("DISPLAY", None)
 
@@ -190,7 +206,7 @@ def window_manager(xvfb_display: str) -> Iterator[str]:
         time.sleep(0.2 * attempt)
     pytest.fail(f"o openbox não começou a gerenciar a tela {xvfb_display} (o display "
                 f"{'responde' if display_answers else 'NÃO responde'} ao xdotool):\n"
-                + "\n".join(failures), pytrace=False)
+                + "\n".join(failures) + "\n" + _xvfb_report(), pytrace=False)
 
 
 @pytest.fixture
