@@ -138,19 +138,19 @@ WM_START_ATTEMPTS = 3
 display that Tk used fine moments later: it is started again, a bounded number of times."""
 
 
-def _xdotool(*args: str) -> bool:
-    """True when ``xdotool ARGS`` could talk to the display (and its window manager)."""
+def _xdotool(*args: str) -> str:
+    """What ``xdotool ARGS`` printed, or '' when it could not talk to the display."""
     try:
         done = subprocess.run(["xdotool", *args], capture_output=True, text=True,
                               timeout=XVFB_STOP_TIMEOUT, check=False)
     except (OSError, subprocess.TimeoutExpired):
-        return False
-    return done.returncode == 0 and bool(done.stdout.strip())
+        return ""
+    return done.stdout.strip() if done.returncode == 0 else ""
 
 
 def _window_manager_running() -> bool:
     """True when an EWMH window manager owns the display (``xdotool`` asks it)."""
-    return _xdotool("get_num_desktops")
+    return _xdotool("get_num_desktops").isdigit()
 
 
 def _wait(condition: Callable[[], bool], timeout: float, stop_early: Callable[[], bool]) -> bool:
@@ -182,7 +182,7 @@ def window_manager(xvfb_display: str) -> Iterator[str]:
     openbox = shutil.which("openbox")
     if openbox is None:
         pytest.skip("openbox não encontrado: instale o pacote openbox para os testes de foco")
-    display_answers = _wait(lambda: _xdotool("getdisplaygeometry"), WM_START_TIMEOUT,
+    display_answers = _wait(lambda: bool(_xdotool("getdisplaygeometry")), WM_START_TIMEOUT,
                             lambda: False)
     failures = []
     for attempt in range(1, WM_START_ATTEMPTS + 1):
